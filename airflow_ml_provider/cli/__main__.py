@@ -1,0 +1,7 @@
+"""``python -m airflow_ml_provider.cli``."""
+
+import sys
+
+from airflow_ml_provider.cli import main
+
+sys.exit(main())

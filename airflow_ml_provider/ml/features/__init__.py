@@ -1,0 +1,1 @@
+"""The train/serve feature library (pure Python, no Airflow import)."""
