@@ -1,0 +1,317 @@
+"""Artifact storage addressed by URI: local disk by default, HDFS (WebHDFS) in production.
+
+Every artifact of the platform (datasets, fitted feature specs, models, reports, bundles) has a URI:
+
+* ``file:///abs/path`` or a plain absolute path: the local disk (the embedded default);
+* ``webhdfs://<conn_id>@/path``: HDFS through the Airflow ``webhdfs`` connection ``conn_id`` -- the
+  same URI Airflow's ``ObjectStoragePath`` understands once this provider is installed;
+* ``webhdfs://host:port/path``: HDFS through WebHDFS directly (no Airflow connection needed).
+
+Operators may pass an ``ObjectStoragePath`` instead of a string: its own fsspec filesystem is used.
+
+This module is part of the pure core: it never imports Airflow at module level. A ``conn_id`` URI is
+resolved from the ``AIRFLOW_CONN_<CONN_ID>`` environment variable when set, and otherwise through
+Airflow's connection lookup (imported lazily, only for such URIs).
+
+Publishing a directory is atomic: :func:`put_dir_atomic` uploads under a temporary sibling name, then
+renames it into place, so a reader never sees half a directory. Errors are :class:`StorageError` and
+name the URI with any password masked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+__all__ = [
+    "StorageError",
+    "exists",
+    "filesystem_for",
+    "get_dir",
+    "join",
+    "list_dir",
+    "mask_uri",
+    "put_dir_atomic",
+    "read_bytes",
+    "remove",
+    "write_bytes_atomic",
+]
+
+_PASSWORD_RE = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
+_TMP_MARK = ".tmp-"
+
+
+class StorageError(OSError):
+    """A storage operation failed. The message names the URI (password masked) and the cause."""
+
+
+def mask_uri(uri: Any) -> str:
+    """Return ``uri`` as text with any ``user:password@`` password replaced by ``***``."""
+    return _PASSWORD_RE.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(uri))
+
+
+def _is_object_storage_path(obj: Any) -> bool:
+    return hasattr(obj, "fs") and hasattr(obj, "path") and not isinstance(obj, (str, os.PathLike))
+
+
+def filesystem_for(uri: Any, *, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
+    """Return ``(fsspec filesystem, path)`` for an artifact URI (or an ``ObjectStoragePath``)."""
+    if _is_object_storage_path(uri):
+        return uri.fs, str(uri.path)
+    text = os.fspath(uri) if isinstance(uri, os.PathLike) else str(uri)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme in ("", "file", "local"):
+        from fsspec.implementations.local import LocalFileSystem
+
+        path = unquote(parts.path) if scheme else text
+        if not path.startswith("/"):
+            path = str(Path(path).resolve())
+        return LocalFileSystem(), path
+    if scheme in ("webhdfs", "hdfs+webhdfs", "swebhdfs"):
+        return _webhdfs_for(parts, text, storage_options or {}), unquote(parts.path) or "/"
+    raise StorageError(f"unsupported storage scheme {scheme!r} in {mask_uri(text)}: use file:// or webhdfs://")
+
+
+def _webhdfs_for(parts: Any, text: str, storage_options: dict[str, Any]) -> AbstractFileSystem:
+    from fsspec.implementations.webhdfs import WebHDFS
+
+    if parts.hostname:  # webhdfs://[user@]host:port/path -- direct
+        options = {"host": parts.hostname, "port": parts.port or 9870, "use_https": parts.scheme == "swebhdfs"}
+        if parts.username:
+            options["user"] = unquote(parts.username)
+        options.update(storage_options)
+        return WebHDFS(**options)
+    conn_id = unquote(parts.username or "") or "webhdfs_default"
+    return WebHDFS(**webhdfs_options_from_connection(conn_id), **storage_options)
+
+
+def webhdfs_options_from_connection(conn_id: str) -> dict[str, Any]:
+    """fsspec ``WebHDFS`` keyword arguments for the Airflow ``webhdfs`` connection ``conn_id``.
+
+    ``AIRFLOW_CONN_<CONN_ID>`` (URI or JSON) is read directly; otherwise Airflow resolves the
+    connection (its secrets backends, then the metastore).
+    """
+    env = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if env:
+        host, port, login, password, extra = _parse_conn_env(env)
+    else:
+        try:
+            from airflow.sdk import BaseHook  # the Airflow side: imported only for conn-id URIs
+        except ImportError as exc:  # pragma: no cover - Airflow is a dependency
+            raise StorageError(f"connection {conn_id!r} needs Airflow or AIRFLOW_CONN_{conn_id.upper()}") from exc
+        try:
+            conn = BaseHook.get_connection(conn_id)
+        except Exception as exc:  # noqa: BLE001 - Airflow raises several types here
+            raise StorageError(f"cannot resolve Airflow connection {conn_id!r}: {exc}") from exc
+        host, port, login, password, extra = conn.host, conn.port, conn.login, conn.password, conn.extra_dejson
+    if not host:
+        raise StorageError(f"Airflow connection {conn_id!r} has no host")
+    options: dict[str, Any] = {"host": host, "port": int(port or 9870)}
+    if login:
+        options["user"] = login
+    if password:
+        options["password"] = password
+    use_ssl = str(extra.get("use_ssl", extra.get("use_https", "false"))).lower() in ("1", "true", "yes")
+    if use_ssl:
+        options["use_https"] = True
+    if str(extra.get("use_kerberos", "false")).lower() in ("1", "true", "yes"):
+        options["kerberos"] = True
+    return options
+
+
+def _parse_conn_env(value: str) -> tuple[str | None, int | None, str | None, str | None, dict[str, Any]]:
+    value = value.strip()
+    if value.startswith("{"):
+        data = json.loads(value)
+        extra = data.get("extra") or {}
+        if isinstance(extra, str):
+            extra = json.loads(extra) if extra else {}
+        return data.get("host"), data.get("port"), data.get("login"), data.get("password"), extra
+    p = urlsplit(value)
+    extra = dict(parse_qsl(p.query))
+    return (
+        p.hostname,
+        p.port,
+        unquote(p.username) if p.username else None,
+        unquote(p.password) if p.password else None,
+        extra,
+    )
+
+
+def join(uri: Any, *parts: str) -> str:
+    """Join path segments onto a URI (``join("file:///a", "b", "c")`` -> ``file:///a/b/c``)."""
+    if _is_object_storage_path(uri):
+        return str(uri.joinpath(*parts))
+    text = str(uri).rstrip("/")
+    for part in parts:
+        part = str(part).strip("/")
+        if part:
+            text = f"{text}/{part}"
+    return text
+
+
+def _wrap(op: str, uri: Any, exc: BaseException) -> StorageError:
+    if isinstance(exc, StorageError):
+        return exc
+    detail = mask_uri(str(exc)) or type(exc).__name__
+    return StorageError(f"{op} {mask_uri(uri)} failed: {detail}")
+
+
+def exists(uri: Any) -> bool:
+    """True if a file or directory exists at ``uri``."""
+    fs, path = filesystem_for(uri)
+    try:
+        return bool(fs.exists(path))
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap("checking", uri, exc) from exc
+
+
+def read_bytes(uri: Any) -> bytes:
+    """Read a whole file."""
+    fs, path = filesystem_for(uri)
+    try:
+        with fs.open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError as exc:
+        raise StorageError(f"no such file: {mask_uri(uri)}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap("reading", uri, exc) from exc
+
+
+def write_bytes_atomic(uri: Any, data: bytes) -> None:
+    """Write a file under a temporary sibling name, then rename it over ``uri``."""
+    fs, path = filesystem_for(uri)
+    parent, name = posixpath.split(path.rstrip("/"))
+    tmp = posixpath.join(parent, f".{name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
+    try:
+        fs.makedirs(parent, exist_ok=True)
+        with fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        if fs.exists(path):  # WebHDFS RENAME does not overwrite
+            fs.rm(path)
+        fs.mv(tmp, path)
+    except Exception as exc:  # noqa: BLE001
+        _quiet_rm(fs, tmp)
+        raise _wrap("writing", uri, exc) from exc
+
+
+def _walk_local(local_dir: Path) -> Iterator[Path]:
+    for root, dirs, files in os.walk(local_dir):
+        dirs.sort()
+        for f in sorted(files):
+            p = Path(root) / f
+            if p.is_symlink():
+                raise StorageError(f"refusing to publish a symlink: {p}")
+            yield p
+
+
+def put_dir_atomic(local_dir: str | os.PathLike[str], uri: Any) -> str:
+    """Publish a local directory at ``uri`` atomically; returns ``uri`` as text.
+
+    The files are uploaded under ``.<name>.tmp-<random>`` beside the target, and the finished
+    directory is renamed into place. A reader sees either nothing or the whole directory.
+
+    :raises FileExistsError: something already exists at ``uri`` (versions are immutable).
+    :raises StorageError: the upload failed; the temporary directory is removed.
+    """
+    local_dir = Path(local_dir)
+    if not local_dir.is_dir():
+        raise StorageError(f"not a directory: {local_dir}")
+    fs, path = filesystem_for(uri)
+    path = path.rstrip("/")
+    parent, name = posixpath.split(path)
+    tmp = posixpath.join(parent, f".{name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
+    try:
+        if fs.exists(path):
+            raise FileExistsError(f"already exists: {mask_uri(uri)}")
+        fs.makedirs(tmp, exist_ok=True)
+        for file in _walk_local(local_dir):
+            rel = file.relative_to(local_dir).as_posix()
+            target = posixpath.join(tmp, rel)
+            sub = posixpath.dirname(target)
+            if sub != tmp:
+                fs.makedirs(sub, exist_ok=True)
+            fs.put_file(str(file), target)
+        if fs.exists(path):  # lost a race with another publisher
+            raise FileExistsError(f"already exists: {mask_uri(uri)}")
+        fs.mv(tmp, path, recursive=True)
+        # HDFS renames a directory *into* an existing directory; make sure it landed as ``path``.
+        if fs.exists(posixpath.join(path, posixpath.basename(tmp))):
+            raise FileExistsError(f"already exists: {mask_uri(uri)} (concurrent publish)")
+    except FileExistsError:
+        _quiet_rm(fs, tmp, recursive=True)
+        raise
+    except Exception as exc:  # noqa: BLE001
+        _quiet_rm(fs, tmp, recursive=True)
+        raise _wrap("publishing to", uri, exc) from exc
+    return str(uri) if not _is_object_storage_path(uri) else str(uri)
+
+
+def list_dir(uri: Any) -> list[str]:
+    """Relative paths of all files below ``uri`` (recursively), sorted."""
+    fs, path = filesystem_for(uri)
+    path = path.rstrip("/")
+    try:
+        found = fs.find(path, withdirs=False)
+    except FileNotFoundError as exc:
+        raise StorageError(f"no such directory: {mask_uri(uri)}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap("listing", uri, exc) from exc
+    rels = []
+    for f in found:
+        f = str(f)
+        rel = posixpath.relpath(f if f.startswith("/") else "/" + f, path if path.startswith("/") else "/" + path)
+        rels.append(rel)
+    return sorted(rels)
+
+
+def get_dir(uri: Any, local_dir: str | os.PathLike[str]) -> Path:
+    """Download the directory at ``uri`` into ``local_dir`` (created); returns ``local_dir``."""
+    fs, path = filesystem_for(uri)
+    path = path.rstrip("/")
+    local_dir = Path(local_dir)
+    rels = list_dir(uri)
+    if not rels and not exists(uri):
+        raise StorageError(f"no such directory: {mask_uri(uri)}")
+    try:
+        for rel in rels:
+            if rel.startswith("..") or rel.startswith("/"):
+                raise StorageError(f"unexpected path {rel!r} below {mask_uri(uri)}")
+            dest = local_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(posixpath.join(path, rel), str(dest))
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap("downloading", uri, exc) from exc
+    local_dir.mkdir(parents=True, exist_ok=True)
+    return local_dir
+
+
+def remove(uri: Any, *, recursive: bool = False) -> None:
+    """Remove a file (or a directory with ``recursive=True``); missing targets are fine."""
+    fs, path = filesystem_for(uri)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap("removing", uri, exc) from exc
+
+
+def _quiet_rm(fs: AbstractFileSystem, path: str, *, recursive: bool = False) -> None:
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+    except Exception:  # noqa: BLE001,S110 - best-effort clean-up of a temporary name
+        pass
