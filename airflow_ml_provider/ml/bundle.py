@@ -197,7 +197,9 @@ def _walk_files(root: Path) -> list[str]:
         dirnames.sort()
         for d in dirnames:
             if (Path(dirpath) / d).is_symlink():
-                raise BundleError(f"bundle {root}: {(Path(dirpath) / d).relative_to(root).as_posix()} is a symlink")
+                raise BundleError(
+                    f"bundle {root}: {(Path(dirpath) / d).relative_to(root).as_posix()} is a symlink"
+                )
         for f in filenames:
             p = Path(dirpath) / f
             rel = p.relative_to(root).as_posix()
@@ -219,7 +221,11 @@ def build_bundle(
     fitted_spec: Any,
     framework: str,
     metrics: Mapping[str, Any] | str | os.PathLike[str] | None = None,
-    charts: Iterable[str | os.PathLike[str]] | Mapping[str, str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
+    charts: Iterable[str | os.PathLike[str]]
+    | Mapping[str, str | os.PathLike[str]]
+    | str
+    | os.PathLike[str]
+    | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Lay out a bundle in ``out_dir`` (created; must be empty or missing) and return its manifest.
@@ -300,7 +306,7 @@ def _make_manifest(root: Path, framework: str) -> dict[str, Any]:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "framework": framework,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(),
         "checksum": checksum,
         "files": files,
     }
@@ -385,7 +391,10 @@ def verify_bundle(local_dir: str | os.PathLike[str]) -> dict[str, Any]:
     present = set(_walk_files(root)) - {MANIFEST}
     missing = sorted(set(listed) - present)
     if missing:
-        raise BundleError(f"bundle {root}: missing file {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise BundleError(
+            f"bundle {root}: missing file {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     extra = sorted(present - set(listed))
     if extra:
         raise BundleError(
@@ -396,7 +405,9 @@ def verify_bundle(local_dir: str | os.PathLike[str]) -> dict[str, Any]:
         p = root / rel
         size = listed[rel].get("size")
         if isinstance(size, int) and p.stat().st_size != size:
-            raise BundleError(f"bundle {root}: checksum mismatch for {rel} (size {p.stat().st_size}, manifest says {size})")
+            raise BundleError(
+                f"bundle {root}: checksum mismatch for {rel} (size {p.stat().st_size}, manifest says {size})"
+            )
         if _sha256_file(p) != listed[rel]["sha256"]:
             raise BundleError(f"bundle {root}: checksum mismatch for {rel}")
     expected = bundle_checksum({k: v["sha256"] for k, v in listed.items()})

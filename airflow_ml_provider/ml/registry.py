@@ -87,8 +87,10 @@ def normalize_url(url: str | sa.engine.URL) -> sa.engine.URL:
             raise RegistryError("empty registry URL")
         try:
             parsed = sa.engine.make_url(text)
-        except Exception as exc:  # sqlalchemy.exc.ArgumentError and friends
-            raise RegistryError(f"not a valid SQLAlchemy URL: {mask_url(text)!r} ({exc.__class__.__name__})") from None
+        except Exception as exc:  # noqa: BLE001 - ArgumentError, ValueError...
+            raise RegistryError(
+                f"not a valid SQLAlchemy URL: {mask_url(text)!r} ({exc.__class__.__name__})"
+            ) from None
     else:
         parsed = url
     if parsed.drivername in ("mysql", "mariadb", "mariadb+pymysql"):
@@ -106,7 +108,7 @@ def mask_url(url: str | sa.engine.URL | None) -> str:
         return url.render_as_string(hide_password=True)
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not parseable: mask anything that looks like user:password@
+    except Exception:  # noqa: BLE001 - not parseable: mask anything that looks like user:password@
         return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", str(url))
 
 
@@ -267,12 +269,12 @@ def dumps_metrics(metrics: Mapping[str, Any] | None) -> str:
 
 
 def _utcnow() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 def _to_db_time(value: _dt.datetime) -> _dt.datetime:
     if value.tzinfo is not None:
-        value = value.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(_dt.UTC).replace(tzinfo=None)
     return value
 
 
@@ -282,7 +284,7 @@ def _from_db_time(value: Any) -> _dt.datetime | None:
     if isinstance(value, str):
         value = _dt.datetime.fromisoformat(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=_dt.timezone.utc)
+        value = value.replace(tzinfo=_dt.UTC)
     return value
 
 
@@ -319,7 +321,9 @@ def build_metadata(table_prefix: str = "") -> tuple[sa.MetaData, sa.Table, sa.Ta
     publish = sa.Table(
         pub_name,
         md,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
         sa.Column("model_name", sa.String(128), nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("bundle_uri", sa.Text, nullable=False),
@@ -338,7 +342,9 @@ def build_metadata(table_prefix: str = "") -> tuple[sa.MetaData, sa.Table, sa.Ta
     serving = sa.Table(
         srv_name,
         md,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
         sa.Column("model_name", sa.String(128), nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("action", sa.String(32), nullable=False),
@@ -560,7 +566,9 @@ class ModelRegistry:
         t = self.publish_table
         return self._read(
             "listing models",
-            lambda c: list(c.execute(sa.select(t.c.model_name).distinct().order_by(t.c.model_name)).scalars()),
+            lambda c: list(
+                c.execute(sa.select(t.c.model_name).distinct().order_by(t.c.model_name)).scalars()
+            ),
             [],
         )
 
@@ -624,7 +632,9 @@ class ModelRegistry:
             query = query.where(s.c.model_name.in_(names))
         return self._read("polling", lambda c: int(c.execute(query).scalar() or 0), 0)
 
-    def events(self, name: str | None = None, after_id: int = 0, limit: int | None = None) -> list[ServingEvent]:
+    def events(
+        self, name: str | None = None, after_id: int = 0, limit: int | None = None
+    ) -> list[ServingEvent]:
         """Serving events (publishes and rollbacks), oldest first, with id > ``after_id``."""
         s = self.serving_table
         query = sa.select(s).where(s.c.id > int(after_id)).order_by(s.c.id)
@@ -742,7 +752,9 @@ class ModelRegistry:
         assert last_exc is not None
         raise self._error(f"publishing {name!r} (gave up after {_MAX_ATTEMPTS} attempts)", last_exc)
 
-    def rollback(self, name: str, to_version: int, by: str | None = None, reason: str | None = None) -> ServingEvent:
+    def rollback(
+        self, name: str, to_version: int, by: str | None = None, reason: str | None = None
+    ) -> ServingEvent:
         """Make the service serve ``to_version`` of ``name`` (until the next publish or rollback).
 
         Writes a ``rollback`` row to ``ml_model_serving``; the service follows it within one poll.
@@ -844,7 +856,7 @@ def publish_model(
                 existing = registry.find_run(name, dag_id, run_id)
                 if existing is not None:
                     return existing
-            holder = registry._read("reading a version", lambda c: registry._get(c, name, version), None)
+            holder = registry._read("reading a version", lambda c, v=version: registry._get(c, name, v), None)
             if holder is not None:  # another run committed this version first
                 version += 1
                 continue
