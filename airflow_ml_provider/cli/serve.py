@@ -1,0 +1,149 @@
+"""``airflow-ml serve``: run the online model service (uvicorn) for one or more registered models.
+
+Example::
+
+    airflow-ml serve --registry mysql+pymysql://ml@db/ml --models churn,ltv --port 8501
+    AIRFLOW_ML_SERVE_TOKEN=s3cret airflow-ml serve --registry ml_registry --models churn
+
+``--registry`` takes the registry's SQLAlchemy URL or an Airflow connection id (resolved through
+Airflow, imported only in that case). See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+
+from airflow_ml_provider.cli import CLIError
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the online model service (TF-Serving-style REST API with hot swap)",
+        description="Serve the current version of each model from the registry over a TensorFlow "
+        "Serving style REST API; new versions and rollbacks are picked up by polling and swapped in "
+        "without dropping a request.",
+    )
+    p.add_argument("--registry", required=True, metavar="URL_OR_CONN_ID",
+                   help="the model registry: a SQLAlchemy URL, or an Airflow connection id")
+    p.add_argument("--models", required=True, metavar="NAME[,NAME...]", help="the models to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501, as TF Serving's REST port)")
+    p.add_argument("--poll-seconds", type=float, default=2.0, help="registry poll interval (default 2)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="uvicorn worker processes (default 1); each loads and polls on its own")
+    p.add_argument("--keep-versions", type=int, default=3,
+                   help="versions kept loaded per model for pinning and instant rollback (default 3)")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
+                   help="largest request body accepted, in bytes (default 4 MiB)")
+    p.add_argument("--max-instances", type=int, default=10_000,
+                   help="most instances per predict request (default 10000)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where bundles are fetched to (default: a temporary directory removed at exit)")
+    p.add_argument("--token", default=None,
+                   help="bearer token required on /v1 and /metrics (default: $AIRFLOW_ML_SERVE_TOKEN; "
+                   "prefer the variable, a command line is visible to other users)")
+    p.add_argument("--access-log", action="store_true", help="log every request (off by default: costly)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def _resolve_registry(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise CLIError("--registry is empty: give a SQLAlchemy URL or an Airflow connection id")
+    if "://" in value:
+        return value
+    try:
+        from airflow_ml_provider.hooks.registry import resolve_registry_url
+    except ImportError as exc:
+        raise CLIError(f"--registry {value!r} looks like an Airflow connection id, but it cannot be "
+                       f"resolved here ({exc}); pass the SQLAlchemy URL instead") from None
+    try:
+        return resolve_registry_url(value)
+    except CLIError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise CLIError(f"--registry: cannot resolve Airflow connection {value!r}: {exc}") from None
+
+
+def build_config(args: argparse.Namespace) -> dict:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise CLIError("--models is empty: name at least one model, e.g. --models churn")
+    for name in models:
+        if not _NAME_RE.match(name):
+            raise CLIError(f"--models: invalid model name {name!r} (letters, digits, '_', '-', '.')")
+    if not 0 < args.port < 65536:
+        raise CLIError(f"--port {args.port} is out of range 1-65535")
+    if not args.poll_seconds > 0:
+        raise CLIError(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    if args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    if args.keep_versions < 1:
+        raise CLIError(f"--keep-versions must be at least 1, got {args.keep_versions}")
+    if args.max_body_bytes < 1:
+        raise CLIError(f"--max-body-bytes must be positive, got {args.max_body_bytes}")
+    if args.max_instances < 1:
+        raise CLIError(f"--max-instances must be positive, got {args.max_instances}")
+    return {
+        "registry": _resolve_registry(args.registry),
+        "models": models,
+        "poll_seconds": args.poll_seconds,
+        "keep_versions": args.keep_versions,
+        "max_body_bytes": args.max_body_bytes,
+        "max_instances": args.max_instances,
+        "cache_dir": args.cache_dir,
+    }
+
+
+def _check_registry(url: str, models: list[str]) -> None:
+    """Fail fast, with a clear message, when the registry cannot be reached at all."""
+    from airflow_ml_provider.ml.registry import ModelRegistry
+
+    try:
+        reg = ModelRegistry(url)
+        for name in models:
+            reg.current(name)
+    except Exception as exc:  # noqa: BLE001
+        from airflow_ml_provider.ml.storage import mask_uri
+
+        raise CLIError(f"cannot read the model registry at {mask_uri(url)}: {type(exc).__name__}: {exc}") \
+            from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from airflow_ml_provider.serving.app import CONFIG_ENV, TOKEN_ENV, create_app
+
+    config = build_config(args)
+    _check_registry(config["registry"], config["models"])
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    common = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "access_log": args.access_log,
+        "lifespan": "on",
+    }
+    if args.workers > 1:
+        os.environ[CONFIG_ENV] = json.dumps(config)
+        if token:
+            os.environ[TOKEN_ENV] = token
+        uvicorn.run("airflow_ml_provider.serving.app:create_app_from_env", factory=True,
+                    workers=args.workers, **common)
+    else:
+        app = create_app(config["registry"], config["models"], poll_seconds=config["poll_seconds"],
+                         keep_versions=config["keep_versions"], cache_dir=config["cache_dir"], token=token,
+                         max_body_bytes=config["max_body_bytes"], max_instances=config["max_instances"])
+        uvicorn.run(app, **common)
+    return 0

@@ -1,0 +1,458 @@
+"""The ASGI app of the online model service (TensorFlow Serving's REST API), run by uvicorn.
+
+Routes::
+
+    POST /v1/models/{name}:predict                  {"instances": [{raw features}, ...]}
+    POST /v1/models/{name}/versions/{v}:predict     the same, pinned to a loaded version
+    GET  /v1/models/{name}                          {"model_version_status": [...]}
+    GET  /v1/models/{name}/versions/{v}             the same, for one version
+    GET  /v1/models/{name}/metadata                 the features the model takes (from its fitted spec)
+    GET  /healthz                                   liveness (never needs the token)
+    GET  /readyz                                    200 once every model serves a version, else 503
+    GET  /metrics                                   Prometheus text format
+
+The app is a plain ASGI callable rather than a FastAPI router: the predict path is the hot path
+(single-row latency), and owning the request cycle lets it enforce the body limit while reading
+(``Content-Length`` first, then a running count of a streamed body), map every client error to a
+4xx with a message, and skip per-request validation layers: the fitted spec *is* the schema.
+
+Client errors answer ``{"error": "..."}`` with 400/401/404/405/413; a configured model with no
+version loaded yet answers 503 with ``Retry-After``. Anything unexpected is logged and answered 500
+without stopping the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from airflow_ml_provider.serving.errors import (
+    APIError,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from airflow_ml_provider.serving.manager import ModelManager
+
+log = logging.getLogger("airflow_ml_provider.serving")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_INSTANCES = 10_000
+#: Batches up to this many rows are predicted on the event loop; larger ones in a worker thread.
+INLINE_ROWS = 256
+TOKEN_ENV = "AIRFLOW_ML_SERVE_TOKEN"
+
+_PREFIX = "/v1/models/"
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(body: bytes) -> Any:
+    return json.loads(body, parse_constant=_reject_constant)
+
+
+def _dumps(obj: Any) -> bytes:
+    # Python floats print with repr: the shortest text that round-trips exactly, so a float32
+    # prediction survives JSON bit for bit.
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _dumps_predictions(predictions: Any, version: int) -> bytes:
+    try:
+        return _dumps({"predictions": predictions, "model_version": version})
+    except ValueError:  # NaN / infinity predictions: JSON has no literal for them -> null
+        import math
+
+        def clean(v: Any) -> Any:
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
+        return _dumps({"predictions": clean(predictions), "model_version": version})
+
+
+class ServingApp:
+    """The ASGI application. Build it with :func:`create_app`."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        *,
+        token: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+        manage_lifecycle: bool = True,
+    ) -> None:
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
+        self.manager = manager
+        self.metrics = manager.metrics
+        self.max_body_bytes = int(max_body_bytes)
+        self.max_instances = int(max_instances)
+        self._auth = f"Bearer {token}".encode() if token else None
+        self._manage_lifecycle = manage_lifecycle
+
+    # ---- ASGI entry ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self._manage_lifecycle:
+                    try:
+                        # First load before the port answers, then keep polling in the background.
+                        await asyncio.get_running_loop().run_in_executor(None, self.manager.poll_once)
+                        self.manager.start()
+                    except Exception as exc:  # noqa: BLE001
+                        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                        return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._manage_lifecycle:
+                    await asyncio.get_running_loop().run_in_executor(None, self.manager.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        path: str = scope.get("path") or "/"
+        method: str = scope.get("method") or "GET"
+        model_label: str | None = None
+        rows = 0
+        try:
+            if path == "/healthz" or path == "/readyz":
+                _allow(method, ("GET", "HEAD"))
+                await self._probe(path, send)
+                return
+            if self._auth is not None:
+                self._check_auth(scope)
+            if path == "/metrics":
+                _allow(method, ("GET", "HEAD"))
+                await _respond(send, 200, self.metrics.render(),
+                               [(b"content-type", self.metrics.content_type.encode())])
+                return
+            if not path.startswith(_PREFIX):
+                raise NotFound(f"no route {path!r}; the API is /v1/models/{{name}}[:predict]")
+            rest = path[len(_PREFIX):]
+            if rest.endswith(":predict"):
+                name, version = _parse_model_path(rest[: -len(":predict")])
+                model_label = name
+                _allow(method, ("POST",))
+                body = await self._read_body(scope, receive)
+                rows = await self._predict(name, version, body, send)
+            else:
+                if ":" in rest.rsplit("/", 1)[-1]:
+                    verb = rest.rsplit(":", 1)[-1]
+                    raise NotFound(f"unknown method {verb!r}; this service supports :predict")
+                _allow(method, ("GET", "HEAD"))
+                if rest.endswith("/metadata"):
+                    name, version = _parse_model_path(rest[: -len("/metadata")])
+                    model_label = name
+                    await self._metadata(name, version, send)
+                else:
+                    name, version = _parse_model_path(rest)
+                    model_label = name
+                    await self._status(name, version, send)
+            status = 200
+        except APIError as exc:
+            status = exc.status
+            headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+            await _respond(send, status, _dumps({"error": exc.message}), _JSON_HEADERS + headers)
+        except _Disconnected:
+            status = 499
+        except Exception as exc:
+            status = 500
+            log.exception("internal error on %s %s", method, path)
+            await _respond(send, 500, _dumps({"error": f"internal error: {type(exc).__name__}"}),
+                           _JSON_HEADERS)
+        if model_label is not None:
+            self.metrics.observe_request(model_label, status, time.perf_counter() - started, rows)
+
+    # ---- pieces -------------------------------------------------------------------------------
+
+    def _check_auth(self, scope: Scope) -> None:
+        for key, value in scope.get("headers") or ():
+            if key == b"authorization":
+                if hmac.compare_digest(value, self._auth):
+                    return
+                raise Unauthorized("invalid bearer token")
+        raise Unauthorized("missing bearer token: send the header 'Authorization: Bearer <token>'")
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.max_body_bytes
+        for key, value in scope.get("headers") or ():
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise BadRequest(f"invalid Content-Length header {value[:40]!r}") from None
+                if declared > limit:
+                    raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of "
+                                          f"{limit} bytes (--max-body-bytes)")
+                break
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected()
+            chunk = message.get("body", b"")
+            if chunk:
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes "
+                                          "(--max-body-bytes)")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _parse_instances(self, body: bytes) -> list[dict[str, Any]]:
+        if not body.strip():
+            raise BadRequest('empty request body; send {"instances": [{"feature": value, ...}, ...]}')
+        try:
+            payload = _loads(body)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+            raise BadRequest(f"malformed JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise BadRequest(f'the request body must be a JSON object like {{"instances": [...]}}, '
+                             f"got a JSON {_json_type(payload)}")
+        unknown = [k for k in payload if k not in ("instances", "inputs", "signature_name")]
+        if unknown:
+            raise BadRequest(f"unknown key {unknown[0]!r} in the request; expected \"instances\" "
+                             '(a list of feature objects) or "inputs" (an object of feature columns)')
+        if "instances" in payload and "inputs" in payload:
+            raise BadRequest('send either "instances" or "inputs", not both')
+        if "instances" in payload:
+            instances = payload["instances"]
+            if not isinstance(instances, list):
+                raise BadRequest(f'"instances" must be a list of objects, got a JSON {_json_type(instances)}')
+            for i, row in enumerate(instances):
+                if not isinstance(row, dict):
+                    raise BadRequest(f"instance {i} must be an object of feature values, "
+                                     f"got a JSON {_json_type(row)}")
+        elif "inputs" in payload:
+            instances = _columns_to_rows(payload["inputs"])
+        else:
+            raise BadRequest('missing "instances": send {"instances": [{"feature": value, ...}, ...]}')
+        if not instances:
+            raise BadRequest('"instances" is empty; send at least one instance')
+        if len(instances) > self.max_instances:
+            raise BadRequest(f"{len(instances)} instances is over the limit of {self.max_instances} "
+                             "per request (--max-instances)")
+        return instances
+
+    def _model(self, name: str, version: int | None):
+        model = self.manager.get(name, version)
+        if model is not None:
+            return model
+        if name not in self.manager.models:
+            raise NotFound(f"unknown model {name!r}; this service serves: {', '.join(self.manager.models)}")
+        if version is not None:
+            loaded = sorted(self.manager._versions.get(name, {}))
+            raise NotFound(f"version {version} of model {name!r} is not loaded; loaded versions: "
+                           f"{', '.join(map(str, loaded)) or 'none'}")
+        raise Unavailable(f"model {name!r} has no version loaded yet")
+
+    async def _predict(self, name: str, version: int | None, body: bytes, send: Send) -> int:
+        model = self._model(name, version)  # the one reference this request uses to the end
+        instances = self._parse_instances(body)
+        if len(instances) <= INLINE_ROWS:
+            predictions = model.predict(instances)
+        else:
+            predictions = await asyncio.get_running_loop().run_in_executor(None, model.predict, instances)
+        await _respond(send, 200, _dumps_predictions(predictions.tolist(), model.version), _JSON_HEADERS)
+        return len(instances)
+
+    async def _status(self, name: str, version: int | None, send: Send) -> None:
+        if name not in self.manager.models:
+            raise NotFound(f"unknown model {name!r}; this service serves: {', '.join(self.manager.models)}")
+        entries = self.manager.status(name)
+        if version is not None:
+            entries = [e for e in entries if e["version"] == str(version)]
+            if not entries:
+                raise NotFound(f"version {version} of model {name!r} is not known to this service")
+        await _respond(send, 200, _dumps({"model_version_status": entries}), _JSON_HEADERS)
+
+    async def _metadata(self, name: str, version: int | None, send: Send) -> None:
+        model = self._model(name, version)
+        spec = model.spec
+        doc = {
+            "model_spec": {"name": name, "version": str(model.version)},
+            "metadata": {
+                "framework": model.framework,
+                "input_columns": list(getattr(spec, "input_columns", []) or []),
+                "feature_names": list(getattr(spec, "feature_names", []) or []),
+                "spec_hash": getattr(spec, "content_hash", None),
+                "bundle_uri": _mask(model.uri),
+            },
+        }
+        await _respond(send, 200, _dumps(doc), _JSON_HEADERS)
+
+    async def _probe(self, path: str, send: Send) -> None:
+        if path == "/healthz":
+            await _respond(send, 200, _dumps({"status": "ok", "polling": self.manager.polling}), _JSON_HEADERS)
+            return
+        served = self.manager.served_versions()
+        missing = [m for m in self.manager.models if m not in served]
+        if missing:
+            await _respond(send, 503, _dumps({"status": "not ready", "models": served, "missing": missing}),
+                           _JSON_HEADERS)
+        else:
+            await _respond(send, 200, _dumps({"status": "ready", "models": served}), _JSON_HEADERS)
+
+
+def _mask(uri: str) -> str:
+    from airflow_ml_provider.serving.manager import _mask as mask
+
+    return mask(uri)
+
+
+def _allow(method: str, allowed: tuple[str, ...]) -> None:
+    if method not in allowed:
+        raise MethodNotAllowed(f"method {method} not allowed here; use {' or '.join(allowed)}",
+                               headers={"allow": ", ".join(allowed)})
+
+
+def _parse_model_path(rest: str) -> tuple[str, int | None]:
+    """``name`` or ``name/versions/V`` -> (name, V or None)."""
+    parts = rest.split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[0] and parts[1] == "versions":
+        text = parts[2]
+        if not (text.isascii() and text.isdigit()) or len(text) > 18:
+            raise NotFound(f"invalid version {text!r}: versions are positive integers")
+        return parts[0], int(text)
+    raise NotFound(f"no route {_PREFIX + rest!r}; use /v1/models/{{name}} or /v1/models/{{name}}/versions/{{v}}")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _columns_to_rows(inputs: Any) -> list[dict[str, Any]]:
+    """TF Serving's columnar ``"inputs": {"feature": [v0, v1, ...], ...}`` -> a list of rows."""
+    if not isinstance(inputs, dict) or not inputs:
+        raise BadRequest('"inputs" must be a non-empty object of feature columns: {"feature": [values]}')
+    length = None
+    for key, column in inputs.items():
+        if not isinstance(column, list):
+            raise BadRequest(f'"inputs"[{key!r}] must be a list of values, got a JSON {_json_type(column)}')
+        if length is None:
+            length = len(column)
+        elif len(column) != length:
+            raise BadRequest(f'"inputs" columns differ in length: {key!r} has {len(column)} values, '
+                             f"others have {length}")
+    keys = list(inputs)
+    return [dict(zip(keys, values)) for values in zip(*(inputs[k] for k in keys))]
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------------------------------
+# Factories
+# --------------------------------------------------------------------------------------------------
+
+
+def create_app(
+    registry: Any,
+    models: list[str] | tuple[str, ...] | str,
+    *,
+    poll_seconds: float = 2.0,
+    keep_versions: int = 3,
+    cache_dir: str | None = None,
+    token: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_instances: int = DEFAULT_MAX_INSTANCES,
+    manager: ModelManager | None = None,
+    manage_lifecycle: bool = True,
+) -> ServingApp:
+    """Build the service's ASGI app.
+
+    :param registry: a ``ModelRegistry`` or its SQLAlchemy URL.
+    :param models: the names of the models to serve (a list, or a comma-separated string).
+    :param poll_seconds: registry poll interval.
+    :param keep_versions: versions kept loaded per model (for pinning and instant rollback).
+    :param cache_dir: where bundles are fetched to (default: a temporary directory removed at exit).
+    :param token: bearer token protecting ``/v1`` and ``/metrics`` (``/healthz``, ``/readyz`` stay open).
+    :param max_body_bytes: largest accepted request body.
+    :param max_instances: most instances per request.
+    :param manager: an existing :class:`ModelManager` (then ``registry``... are ignored).
+    :param manage_lifecycle: load and start polling on ASGI startup, stop on shutdown.
+    """
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    if manager is None:
+        manager = ModelManager(registry, models, poll_seconds=poll_seconds, keep_versions=keep_versions,
+                               cache_dir=cache_dir)
+    return ServingApp(manager, token=token, max_body_bytes=max_body_bytes, max_instances=max_instances,
+                      manage_lifecycle=manage_lifecycle)
+
+
+CONFIG_ENV = "AIRFLOW_ML_SERVE_CONFIG"
+
+
+def create_app_from_env() -> ServingApp:
+    """Factory for ``uvicorn --factory`` (used with ``--workers N``): the config comes as JSON in
+    ``AIRFLOW_ML_SERVE_CONFIG``; the token from ``AIRFLOW_ML_SERVE_TOKEN``."""
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        raise RuntimeError(f"{CONFIG_ENV} is not set; start the service with `airflow-ml serve`")
+    config = json.loads(raw)
+    return create_app(
+        config["registry"],
+        config["models"],
+        poll_seconds=float(config.get("poll_seconds", 2.0)),
+        keep_versions=int(config.get("keep_versions", 3)),
+        cache_dir=config.get("cache_dir"),
+        token=os.environ.get(TOKEN_ENV) or None,
+        max_body_bytes=int(config.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
+        max_instances=int(config.get("max_instances", DEFAULT_MAX_INSTANCES)),
+    )

@@ -1,0 +1,494 @@
+"""Model manager of the online service: loading, warm-up, atomic hot swap, version cache, polling.
+
+One :class:`ModelManager` serves the models named on ``--models``. A background thread polls the
+registry (:meth:`ModelRegistry.current`, which follows rollbacks) every ``poll_seconds``. When the
+record to serve changes, the manager
+
+1. takes the version from its in-memory cache when it is there (a rollback to a recent version
+   therefore takes effect within one poll, without any I/O), or else
+2. fetches the bundle (``file://`` or ``webhdfs://`` through :mod:`airflow_ml_provider.ml.storage`),
+   verifies its checksums, loads the fitted feature spec *shipped in the bundle* (checking its content
+   hash against the manifest) and the model, and warms it up by predicting on a sample row,
+3. then swaps it in with a single reference assignment.
+
+Requests take the model reference once (:meth:`ModelManager.get`) and finish on that object, so
+requests in flight finish on the version they started on. Any failure (fetch, checksum, load,
+warm-up, registry down) keeps the old version serving; it is logged and counted in the metrics, and
+the failed record is retried with exponential back-off (so a corrupt bundle is not refetched on every
+poll). The last ``keep_versions`` versions of each model stay loaded (LRU) and can be pinned with
+``/v1/models/{name}/versions/{v}:predict``.
+
+Only the poll thread writes the manager's state. Readers see immutable snapshots: every change builds
+new dicts and publishes them by one attribute assignment (atomic under the GIL).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from airflow_ml_provider.serving.errors import BadRequest, ModelLoadError
+from airflow_ml_provider.serving.metrics import ServingMetrics
+
+log = logging.getLogger("airflow_ml_provider.serving")
+
+#: Back-off of a record that failed to load: first retry after this many seconds, doubling, capped.
+RETRY_FIRST_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
+
+
+# --------------------------------------------------------------------------------------------------
+# A loaded, servable model version
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One model version in memory: its fitted spec, its predictor and where it came from."""
+
+    name: str
+    version: int
+    uri: str
+    spec: Any  # FittedSpec
+    predictor: Any  # trainers' predictor: .predict(np.ndarray[float32]) -> np.ndarray
+    framework: str
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+    bundle_dir: Path | None = None
+    loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+    record: Any = None
+
+    def transform(self, instances: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Raw feature dicts -> the float32 matrix the model was trained on (the training code path).
+
+        :raises BadRequest: naming the instance and the feature when a row is invalid.
+        """
+        try:
+            if len(instances) == 1:
+                X = self.spec.transform_row(instances[0]).reshape(1, -1)
+            else:
+                X = self.spec.transform_rows(instances)
+        except Exception as exc:  # noqa: BLE001 - any failure on client data is a client error
+            raise _bad_instance(self.spec, instances, exc) from None
+        if X.dtype != np.float32:
+            X = X.astype(np.float32)
+        if not np.isfinite(X).all():
+            # NaN means "missing" to the models; an infinite value is a client error.
+            bad = np.argwhere(np.isinf(X))
+            if len(bad):
+                row, col = (int(v) for v in bad[0])
+                names = list(getattr(self.spec, "feature_names", []) or [])
+                feat = names[col] if col < len(names) else f"#{col}"
+                raise BadRequest(f"instance {row}: feature {feat!r} is infinite after the transform; "
+                                 "send a finite number")
+        return X
+
+    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.predictor.predict(X))
+
+    def predict(self, instances: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self.predict_matrix(self.transform(instances))
+
+
+def _bad_instance(spec: Any, instances: Sequence[Mapping[str, Any]], exc: Exception) -> BadRequest:
+    """Turn a transform failure into a 400 naming the instance index and the feature."""
+    index = 0
+    if len(instances) > 1:  # find the first failing row (error path only)
+        for i, row in enumerate(instances):
+            try:
+                spec.transform_row(row)
+            except Exception as row_exc:  # noqa: BLE001
+                index, exc = i, row_exc
+                break
+    feature = getattr(exc, "feature", None)
+    kind = type(exc).__name__
+    msg = str(exc) or kind
+    if kind not in ("MissingFeatureError", "FeatureTypeError", "FeatureError", "FeatureSpecError"):
+        log.warning("transform failed on instance %d with %s: %s", index, kind, msg)
+    if feature and repr(feature) not in msg and str(feature) not in msg:
+        msg = f"feature {feature!r}: {msg}"
+    return BadRequest(f"instance {index}: {msg}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading a bundle
+# --------------------------------------------------------------------------------------------------
+
+
+def record_uri(record: Any) -> str:
+    """The bundle URI of a registry record."""
+    for attr in ("uri", "bundle_uri", "storage_uri", "model_uri", "path"):
+        value = getattr(record, attr, None)
+        if value:
+            return str(value)
+    if isinstance(record, Mapping):
+        for key in ("uri", "bundle_uri"):
+            if record.get(key):
+                return str(record[key])
+    raise ModelLoadError(f"registry record {record!r} has no bundle URI")
+
+
+def record_version(record: Any) -> int:
+    value = getattr(record, "version", None)
+    if value is None and isinstance(record, Mapping):
+        value = record.get("version")
+    return int(value)
+
+
+def _manifest_of(bundle: Any) -> Mapping[str, Any]:
+    manifest = getattr(bundle, "manifest", None)
+    if manifest is None and isinstance(bundle, Mapping):
+        manifest = bundle
+    return manifest or {}
+
+
+def _bundle_path(bundle: Any, attr: str, manifest: Mapping[str, Any], key: str, root: Path,
+                 default: str) -> Path:
+    value = getattr(bundle, attr, None)
+    if value:
+        return Path(value)
+    rel = manifest.get(key) or default
+    return root / rel
+
+
+def _expected_spec_hash(manifest: Mapping[str, Any], bundle: Any) -> str | None:
+    value = getattr(bundle, "spec_hash", None) or getattr(bundle, "feature_spec_hash", None)
+    if value:
+        return str(value)
+    for key in ("spec_hash", "feature_spec_hash", "fitted_spec_hash", "spec_content_hash"):
+        if manifest.get(key):
+            return str(manifest[key])
+    spec_info = manifest.get("spec") or manifest.get("feature_spec") or manifest.get("fitted_spec")
+    if isinstance(spec_info, Mapping):
+        for key in ("content_hash", "hash"):
+            if spec_info.get(key):
+                return str(spec_info[key])
+    return None
+
+
+def _warm_up(model: LoadedModel) -> None:
+    """Predict on a sample row; the model must answer with finite numbers, one per row."""
+    manifest = model.manifest
+    sample = None
+    for key in ("sample_input", "sample_instance", "example_input", "warmup_instance"):
+        if isinstance(manifest.get(key), Mapping):
+            sample = manifest[key]
+            break
+        if isinstance(manifest.get(key), list) and manifest[key] and isinstance(manifest[key][0], Mapping):
+            sample = manifest[key][0]
+            break
+    if sample is not None:
+        X = model.spec.transform_rows([sample])
+    else:
+        width = len(getattr(model.spec, "feature_names", None) or [])
+        if not width:
+            raise ModelLoadError("warm-up: the fitted spec names no features")
+        X = np.zeros((1, width), dtype=np.float32)
+    # Two calls: the first may build caches; the second is the steady state.
+    for _ in range(2):
+        y = model.predict_matrix(np.ascontiguousarray(X, dtype=np.float32))
+    if y.shape[0] != X.shape[0]:
+        raise ModelLoadError(f"warm-up: the model returned {y.shape[0]} predictions for {X.shape[0]} rows")
+    if not np.isfinite(np.asarray(y, dtype=np.float64)).all():
+        raise ModelLoadError(f"warm-up: the model returned non-finite predictions {y.tolist()!r}")
+
+
+def load_model(name: str, record: Any, cache_dir: Path) -> LoadedModel:
+    """Fetch, verify, load and warm up the bundle of a registry record.
+
+    :raises ModelLoadError: naming the URI and the cause. Nothing is swapped in then.
+    """
+    from airflow_ml_provider.ml.bundle import fetch_bundle, load_bundle
+    from airflow_ml_provider.ml.features import FittedSpec
+    from airflow_ml_provider.ml.trainers import load_predictor
+
+    uri = record_uri(record)
+    version = record_version(record)
+    started = time.perf_counter()
+    target = Path(tempfile.mkdtemp(prefix=f"{_safe(name)}-v{version}-", dir=cache_dir))
+    try:
+        local = Path(fetch_bundle(uri, target))
+        bundle = load_bundle(local, verify=True)
+        manifest = _manifest_of(bundle)
+        root = Path(getattr(bundle, "path", None) or getattr(bundle, "root", None) or local)
+        spec_path = _bundle_path(bundle, "spec_path", manifest, "spec_path", root, "feature_spec.json")
+        model_dir = _bundle_path(bundle, "model_dir", manifest, "model_dir", root, "model")
+        framework = getattr(bundle, "framework", None) or manifest.get("framework")
+        if not framework:
+            raise ModelLoadError("the bundle manifest names no framework")
+        spec = FittedSpec.load(spec_path)
+        expected = _expected_spec_hash(manifest, bundle)
+        actual = getattr(spec, "content_hash", None)
+        if expected and actual and str(expected) != str(actual):
+            raise ModelLoadError(f"the fitted spec's content hash {actual} does not match the manifest's "
+                                 f"{expected}")
+        predictor = load_predictor(framework, model_dir)
+        model = LoadedModel(name=name, version=version, uri=uri, spec=spec, predictor=predictor,
+                            framework=str(framework), manifest=dict(manifest), bundle_dir=target,
+                            record=record)
+        _warm_up(model)
+        model.load_seconds = time.perf_counter() - started
+        return model
+    except ModelLoadError as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        raise ModelLoadError(f"model {name!r} version {version} from {_mask(uri)}: {exc}") from exc
+    except Exception as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        raise ModelLoadError(f"model {name!r} version {version} from {_mask(uri)}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60] or "model"
+
+
+def _mask(uri: str) -> str:
+    try:
+        from airflow_ml_provider.ml.storage import mask_uri
+
+        return mask_uri(uri)
+    except Exception:  # noqa: BLE001
+        return uri
+
+
+# --------------------------------------------------------------------------------------------------
+# The manager
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Failure:
+    uri: str
+    message: str
+    attempts: int
+    retry_at: float
+
+
+class ModelManager:
+    """Serves the current version of each model, hot-swapping as the registry changes.
+
+    :param registry: a :class:`~airflow_ml_provider.ml.registry.ModelRegistry` (anything with
+        ``current(name)``), or a SQLAlchemy URL to build one.
+    :param models: the model names to serve.
+    :param poll_seconds: how often to poll the registry.
+    :param keep_versions: how many versions of each model stay loaded (LRU; the served one always stays).
+    :param cache_dir: where bundles are fetched to (default: a private temporary directory).
+    :param metrics: the service's metrics (default: new ones).
+    :param loader: ``loader(name, record, cache_dir) -> LoadedModel`` (default :func:`load_model`).
+    """
+
+    def __init__(
+        self,
+        registry: Any,
+        models: Sequence[str],
+        *,
+        poll_seconds: float = 2.0,
+        keep_versions: int = 3,
+        cache_dir: str | Path | None = None,
+        metrics: ServingMetrics | None = None,
+        loader: Callable[[str, Any, Path], LoadedModel] | None = None,
+    ) -> None:
+        if not models:
+            raise ValueError("no model names given")
+        if poll_seconds <= 0 or not math.isfinite(poll_seconds):
+            raise ValueError(f"poll_seconds must be a positive number, got {poll_seconds!r}")
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be at least 1, got {keep_versions!r}")
+        if isinstance(registry, str):
+            from airflow_ml_provider.ml.registry import ModelRegistry
+
+            registry = ModelRegistry(registry)
+        self.registry = registry
+        self.models = tuple(dict.fromkeys(models))
+        self.poll_seconds = float(poll_seconds)
+        self.keep_versions = int(keep_versions)
+        self._own_cache = cache_dir is None
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="airflow-ml-serve-"))
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = metrics or ServingMetrics(self.models)
+        self.loader = loader or load_model
+        # Immutable snapshots, replaced whole (one assignment) by the poll thread.
+        self._served: dict[str, LoadedModel] = {}
+        self._versions: dict[str, dict[int, LoadedModel]] = {name: {} for name in self.models}
+        # Poll-thread-only state.
+        self._lru: dict[str, list[int]] = {name: [] for name in self.models}  # most recent last
+        self._failures: dict[str, dict[int, _Failure]] = {name: {} for name in self.models}
+        self._loading: dict[str, int | None] = {name: None for name in self.models}
+        self._last_poll: float | None = None
+        self._last_poll_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._poll_lock = threading.Lock()
+
+    # ---- the request path -------------------------------------------------------------------
+
+    def get(self, name: str, version: int | None = None) -> LoadedModel | None:
+        """The model to serve (``version=None``: the current one). One reference, taken once."""
+        if version is None:
+            return self._served.get(name)
+        versions = self._versions.get(name)
+        return versions.get(version) if versions else None
+
+    def served_versions(self) -> dict[str, int]:
+        return {name: m.version for name, m in self._served.items()}
+
+    def is_ready(self) -> bool:
+        served = self._served
+        return all(name in served for name in self.models)
+
+    def status(self, name: str) -> list[dict[str, Any]]:
+        """TensorFlow Serving's ``model_version_status`` list for a model, newest version first."""
+        served = self._served.get(name)
+        entries: dict[int, dict[str, Any]] = {}
+        for version, model in self._versions.get(name, {}).items():
+            entries[version] = _status_entry(version, "AVAILABLE", "OK", "")
+            entries[version]["current"] = served is model
+        loading = self._loading.get(name)
+        if loading is not None and loading not in entries:
+            entries[loading] = _status_entry(loading, "LOADING", "OK", "")
+        for version, failure in dict(self._failures.get(name, {})).items():
+            if version not in entries:
+                entries[version] = _status_entry(version, "END", "UNKNOWN", failure.message)
+        return [entries[v] for v in sorted(entries, reverse=True)]
+
+    # ---- polling ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the poll thread (idempotent)."""
+        if self._thread and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="airflow-ml-serve-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop polling and remove the fetched bundles (when the cache directory is private)."""
+        self.stop()
+        if self._own_cache:
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+    @property
+    def polling(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.poll_once()
+            except Exception:
+                log.exception("unexpected error while polling the model registry")
+            self._stop.wait(max(0.0, self.poll_seconds - (time.monotonic() - started)))
+
+    def poll_once(self) -> dict[str, int | None]:
+        """Poll the registry once and swap in what changed. Returns the served version per model."""
+        with self._poll_lock:
+            for name in self.models:
+                if self._stop.is_set() and self._thread is not None:
+                    break
+                try:
+                    record = self.registry.current(name)
+                except Exception as exc:  # noqa: BLE001 - registry down: keep serving
+                    self.metrics.poll_failures.inc()
+                    self._last_poll_error = f"{type(exc).__name__}: {exc}"
+                    log.error("polling the registry for model %r failed (still serving %s): %s", name,
+                              self._describe(name), self._last_poll_error)
+                    continue
+                self._last_poll_error = None
+                if record is None:
+                    continue
+                try:
+                    self._follow(name, record)
+                except Exception:
+                    log.exception("unexpected error while updating model %r", name)
+            self._last_poll = time.time()
+            return {name: (m.version if (m := self._served.get(name)) else None) for name in self.models}
+
+    def _describe(self, name: str) -> str:
+        model = self._served.get(name)
+        return f"version {model.version}" if model else "nothing"
+
+    def _follow(self, name: str, record: Any) -> None:
+        version = record_version(record)
+        uri = record_uri(record)
+        served = self._served.get(name)
+        if served is not None and served.version == version and served.uri == uri:
+            return
+        model = self._versions[name].get(version)
+        if model is not None and model.uri != uri:
+            model = None  # same number, different bundle: load the new bundle
+        if model is None:
+            failure = self._failures[name].get(version)
+            if failure is not None and failure.uri == uri and time.monotonic() < failure.retry_at:
+                return
+            self._loading[name] = version
+            try:
+                model = self.loader(name, record, self.cache_dir)
+            except Exception as exc:  # noqa: BLE001 - keep the old version serving
+                attempts = failure.attempts + 1 if failure and failure.uri == uri else 1
+                delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (attempts - 1))
+                message = str(exc)
+                self._failures[name][version] = _Failure(uri, message, attempts, time.monotonic() + delay)
+                self.metrics.load_failures.labels(name).inc()
+                log.error("loading %s failed (attempt %d; still serving %s; retry in %.0f s): %s",
+                          f"model {name!r} version {version}", attempts, self._describe(name), delay,
+                          message)
+                return
+            finally:
+                self._loading[name] = None
+            self._failures[name].pop(version, None)
+            self.metrics.load_seconds.labels(name).observe(model.load_seconds)
+            self._cache_put(name, model)
+        self._swap(name, model)
+
+    def _cache_put(self, name: str, model: LoadedModel) -> None:
+        versions = dict(self._versions[name])
+        old = versions.get(model.version)
+        versions[model.version] = model
+        lru = [v for v in self._lru[name] if v != model.version] + [model.version]
+        evicted = []
+        served = self._served.get(name)
+        while len(lru) > self.keep_versions:
+            victim = next((v for v in lru if not (served and served.version == v) and v != model.version),
+                          None)
+            if victim is None:
+                break
+            lru.remove(victim)
+            evicted.append(versions.pop(victim))
+        self._lru[name] = lru
+        self._versions = {**self._versions, name: versions}  # publish
+        self.metrics.cached_versions.labels(name).set(len(versions))
+        for gone in ([old] if old is not None else []) + evicted:
+            log.info("model %r version %d unloaded from the cache", name, gone.version)
+            if gone.bundle_dir is not None:
+                shutil.rmtree(gone.bundle_dir, ignore_errors=True)
+
+    def _swap(self, name: str, model: LoadedModel) -> None:
+        previous = self._served.get(name)
+        self._served = {**self._served, name: model}  # the atomic swap: one reference assignment
+        self._lru[name] = [v for v in self._lru[name] if v != model.version] + [model.version]
+        self.metrics.swaps.labels(name).inc()
+        self.metrics.loaded_version.labels(name).set(model.version)
+        log.info("model %r now serves version %d (was %s; load %.2f s; %s)", name, model.version,
+                 previous.version if previous else "nothing", model.load_seconds, _mask(model.uri))
+
+
+def _status_entry(version: int, state: str, code: str, message: str) -> dict[str, Any]:
+    return {"version": str(version), "state": state,
+            "status": {"error_code": code, "error_message": message}}

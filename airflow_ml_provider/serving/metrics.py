@@ -1,0 +1,91 @@
+"""Prometheus metrics of the online model service.
+
+Each service instance owns its own :class:`prometheus_client.CollectorRegistry` (several apps can
+live in one process, e.g. in tests). Labelled children are cached so the per-request cost is a
+dict lookup plus the increment.
+
+Metrics (all prefixed ``airflow_ml_serving_``):
+
+``requests_total{model,code}``            predict / status requests by model and HTTP status
+``request_latency_seconds{model}``        histogram of predict latency (body read to response)
+``rows_total{model}``                     instances predicted
+``loaded_version{model}``                 the version currently served (gauge; absent until loaded)
+``cached_versions{model}``                versions held in memory for pinning and fast rollback
+``swaps_total{model}``                    times a new version started serving
+``load_failures_total{model}``            bundles that failed to fetch, verify, load or warm up
+``load_seconds{model}``                   histogram of fetch + load + warm-up time
+``registry_poll_failures_total``          registry polls that failed (the service keeps serving)
+
+Unknown model names (any name not given to ``--models``) are counted under ``model="_unknown"``
+so a client cannot grow the label set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+UNKNOWN_MODEL = "_unknown"
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)
+
+
+class ServingMetrics:
+    """The service's metrics on a private registry."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, models: list[str] | tuple[str, ...] = ()) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        prefix = "airflow_ml_serving_"
+        r = self.registry
+        self.requests = Counter(prefix + "requests", "Requests by model and HTTP status code",
+                                ["model", "code"], registry=r)
+        self.latency = Histogram(prefix + "request_latency_seconds", "Predict request latency in seconds",
+                                 ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.rows = Counter(prefix + "rows", "Instances predicted", ["model"], registry=r)
+        self.loaded_version = Gauge(prefix + "loaded_version", "Version currently served", ["model"],
+                                    registry=r)
+        self.cached_versions = Gauge(prefix + "cached_versions", "Versions held in memory", ["model"],
+                                     registry=r)
+        self.swaps = Counter(prefix + "swaps", "Times a new version started serving", ["model"], registry=r)
+        self.load_failures = Counter(prefix + "load_failures",
+                                     "Bundles that failed to fetch, verify, load or warm up", ["model"],
+                                     registry=r)
+        self.load_seconds = Histogram(prefix + "load_seconds", "Bundle fetch + load + warm-up time",
+                                      ["model"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                                      registry=r)
+        self.poll_failures = Counter(prefix + "registry_poll_failures", "Registry polls that failed",
+                                     registry=r)
+        self._known = set(models)
+        self._req_children: dict[tuple[str, int], object] = {}
+        self._lat_children: dict[str, object] = {}
+        self._row_children: dict[str, object] = {}
+        for name in models:  # export zeros from the start, so rate() works from the first scrape
+            self.swaps.labels(name)
+            self.load_failures.labels(name)
+
+    def label(self, model: str | None) -> str:
+        return model if model in self._known else UNKNOWN_MODEL
+
+    def observe_request(self, model: str | None, code: int, seconds: float, rows: int = 0) -> None:
+        model = self.label(model)
+        key = (model, code)
+        child = self._req_children.get(key)
+        if child is None:
+            child = self._req_children[key] = self.requests.labels(model, str(code))
+        child.inc()
+        lat = self._lat_children.get(model)
+        if lat is None:
+            lat = self._lat_children[model] = self.latency.labels(model)
+        lat.observe(seconds)
+        if rows:
+            rc = self._row_children.get(model)
+            if rc is None:
+                rc = self._row_children[model] = self.rows.labels(model)
+            rc.inc(rows)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
