@@ -1,0 +1,551 @@
+"""Run-time helpers imported by DAG files that ``airflow-ml azkaban migrate`` generates.
+
+Generated DAGs stay short: each Azkaban job is one call to :func:`job`, and everything Azkaban does
+at run time happens here, in :class:`AzkabanJobOperator`:
+
+* the per-run ``disabled_tasks`` switch (:mod:`airflow_ml_provider.disabled_tasks`);
+* conditions: the status macro is checked against the final state of every parent (Airflow
+  ``success`` = Azkaban SUCCEEDED, a disabled task ends as success = SKIPPED, Airflow ``skipped`` =
+  CANCELLED, anything else = FAILED), then the expression over ``${job:param}``; a false
+  condition cancels the job, shown as *skipped* (:class:`~airflow.sdk.exceptions.AirflowSkipException`);
+* ``${name}`` substitution with Azkaban's precedence, lowest to highest: the directory's
+  ``.properties`` chain, the flow's parameters and the built-ins (``azkaban.flow.flowid`` ...),
+  the outputs of the direct upstream jobs, the ``.job`` file itself;
+* ``JOB_PROP_FILE``, ``JOB_NAME`` and ``JOB_OUTPUT_PROP_FILE`` in the environment; the JSON a job
+  writes to ``JOB_OUTPUT_PROP_FILE`` is its XCom return value, which children read;
+* the job types ``command`` (no shell: each line split on spaces, respecting quotes),
+  ``javaprocess``, ``hive``, ``noop`` and unknown types (which fail loudly).
+
+Only ``airflow.sdk`` is imported at module level, so DAG files parse fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_ml_provider.disabled_tasks import disabled_tasks_param, skip_if_disabled
+
+__all__ = [
+    "AzkabanJobOperator",
+    "JobPropertyError",
+    "command_lines",
+    "flow_dag_args",
+    "job",
+    "resolve_props",
+    "split_command",
+]
+
+#: Airflow task state -> the Azkaban status a condition macro sees
+_STATE_TO_AZKABAN = {"success": "SUCCEEDED", "skipped": "CANCELLED"}
+_VAR = re.compile(r"\$\{([^${}]+)\}")
+
+
+class JobPropertyError(ValueError):
+    """A property that cannot be resolved (undefined or circular ``${...}``)."""
+
+
+# ------------------------------------------------------------------------------ pure helpers
+def split_command(line: str) -> list[str]:
+    """Split a command line like Azkaban: on spaces, respecting '...' and "..." (quotes removed).
+
+    No shell is involved: ``a "b c" 'd e'`` -> ``["a", "b c", "d e"]``; ``$HOME`` and ``|`` stay
+    literal.
+    """
+    args: list[str] = []
+    buf: list[str] = []
+    in_apos = in_quote = False
+    for ch in line:
+        if ch == " " and not in_apos and not in_quote:
+            if buf:
+                args.append("".join(buf))
+                buf = []
+        elif ch == "'" and not in_quote:
+            in_apos = not in_apos
+        elif ch == '"' and not in_apos:
+            in_quote = not in_quote
+        else:
+            buf.append(ch)
+    if buf:
+        args.append("".join(buf))
+    return args
+
+
+def command_lines(props: Mapping[str, str]) -> list[str]:
+    """``command``, ``command.1``, ``command.2``, ... in order, stopping at the first gap."""
+    lines = []
+    if props.get("command", "").strip():
+        lines.append(props["command"])
+    n = 1
+    while f"command.{n}" in props:
+        lines.append(props[f"command.{n}"])
+        n += 1
+    return [line for line in lines if line.strip()]
+
+
+def resolve_props(layers: Sequence[Mapping[str, Any]], *, job: str = "") -> dict[str, str]:
+    """Merge ``layers`` (lowest precedence first) and resolve ``${name}`` in every value.
+
+    References are resolved recursively against the merged map, as Azkaban's ``PropsUtils`` does.
+
+    :raises JobPropertyError: an undefined variable or a circular reference; the message names
+        the job, the key and the variable.
+    """
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            merged[str(key)] = "" if value is None else str(value)
+    resolved: dict[str, str] = {}
+
+    def resolve(key: str, stack: tuple[str, ...]) -> str:
+        if key in resolved:
+            return resolved[key]
+        value = merged[key]
+
+        def repl(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name in stack or name == key:
+                chain = " -> ".join((*stack, key, name))
+                raise JobPropertyError(f"job {job!r}: circular property reference {chain}")
+            if name not in merged:
+                raise JobPropertyError(
+                    f"job {job!r}: property {key!r} = {merged[key]!r}: could not find a value for "
+                    f"variable ${{{name}}}"
+                )
+            return resolve(name, (*stack, key))
+
+        out = _VAR.sub(repl, value)
+        resolved[key] = out
+        return out
+
+    for key in merged:
+        resolve(key, ())
+    return resolved
+
+
+def builtin_props(context: Mapping[str, Any], *, flow_id: str, project: str, task_id: str) -> dict[str, str]:
+    """Azkaban's built-in flow parameters, mapped to the Airflow run.
+
+    ``azkaban.flow.flowid`` = the dag_id, ``azkaban.flow.execid`` = the run_id,
+    ``azkaban.flow.start.*`` = the run's logical date (its start date when it has none, as manual
+    runs may), ``azkaban.job.attempt`` = try_number - 1 (Azkaban counts attempts from 0).
+    """
+    dag_run = context.get("dag_run")
+    ti = context.get("ti") or context.get("task_instance")
+    start = (
+        context.get("logical_date")
+        or getattr(dag_run, "logical_date", None)
+        or getattr(dag_run, "run_after", None)
+        or getattr(dag_run, "start_date", None)
+    )
+    props = {
+        "azkaban.flow.flowid": str(getattr(dag_run, "dag_id", "") or flow_id),
+        "azkaban.flow.execid": str(context.get("run_id") or getattr(dag_run, "run_id", "")),
+        "azkaban.flow.projectname": project,
+        "azkaban.job.id": task_id,
+        "azkaban.job.attempt": str(max(int(getattr(ti, "try_number", 1) or 1) - 1, 0)),
+    }
+    if start is not None:
+        props.update(
+            {
+                "azkaban.flow.start.timestamp": start.isoformat(),
+                "azkaban.flow.start.year": f"{start.year:04d}",
+                "azkaban.flow.start.month": f"{start.month:02d}",
+                "azkaban.flow.start.day": f"{start.day:02d}",
+                "azkaban.flow.start.hour": f"{start.hour:02d}",
+                "azkaban.flow.start.minute": f"{start.minute:02d}",
+                "azkaban.flow.start.second": f"{start.second:02d}",
+                "azkaban.flow.start.milliseconds": f"{start.microsecond // 1000:03d}",
+                "azkaban.flow.start.timezone": str(start.tzinfo or "UTC"),
+            }
+        )
+    return props
+
+
+# ---------------------------------------------------------------------------- notifications
+def _notify(kind: str, addresses: list[str]):
+    """An Airflow callback that e-mails ``addresses`` (via the SMTP provider) about the task."""
+
+    def callback(context: Mapping[str, Any]) -> None:
+        ti = context.get("ti") or context.get("task_instance")
+        subject = f"[Azkaban job {kind}] {getattr(ti, 'dag_id', '')}.{getattr(ti, 'task_id', '')}"
+        body = (
+            f"Job {getattr(ti, 'task_id', '')} of flow {getattr(ti, 'dag_id', '')} "
+            f"(run {context.get('run_id')}) finished: {kind}."
+        )
+        try:
+            from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+            SmtpNotifier(to=addresses, subject=subject, html_content=body).notify(context)
+        except Exception as exc:  # noqa: BLE001 - a mail problem must not change the task's outcome
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "Could not send the %s e-mail to %s: %s", kind, ", ".join(addresses), exc
+            )
+
+    callback.__name__ = f"azkaban_{kind}_email"
+    return callback
+
+
+def _emails(value: str | None) -> list[str]:
+    return [a.strip() for a in re.split(r"[,;\s]+", value or "") if a.strip()]
+
+
+# --------------------------------------------------------------------------------- operator
+class AzkabanJobOperator(BaseOperator):
+    """One migrated Azkaban job.
+
+    :param job_type: the Azkaban ``type`` (``command``, ``javaprocess``, ``hive``, ``noop``, or any
+        other, which fails at run time showing the job's properties).
+    :param props: the properties written in the job's own ``.job`` file / Flow 2.0 ``config``.
+    :param inherited: properties inherited from the directory's ``.properties`` chain.
+    :param flow_props: the flow's parameters (Flow 2.0 flow ``config``, the embedding job's
+        properties for an embedded flow); the run's ``conf["flow_params"]`` overrides them.
+    :param condition: the Azkaban ``condition`` text, or None.
+    :param project_dir: the directory holding the project's resource files (the default
+        working directory, as Azkaban runs jobs in the project's execution directory).
+    :param project: the Azkaban project name (``azkaban.flow.projectname``).
+    :param flow_id: the Azkaban flow id (used when the run has no dag_id).
+    """
+
+    template_fields = ()
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        job_type: str,
+        props: Mapping[str, str] | None = None,
+        inherited: Mapping[str, str] | None = None,
+        flow_props: Mapping[str, str] | None = None,
+        condition: str | None = None,
+        project_dir: str | None = None,
+        project: str = "",
+        flow_id: str = "",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.job_type = job_type
+        self.props = dict(props or {})
+        self.inherited = dict(inherited or {})
+        self.flow_props = dict(flow_props or {})
+        self.condition = condition
+        self.project_dir = project_dir
+        self.project = project
+        self.flow_id = flow_id
+
+    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def job_name(self) -> str:
+        return self.task_id.rsplit(".", 1)[-1]
+
+    def _sibling_task_id(self, job: str) -> str:
+        prefix = self.task_id.rsplit(".", 1)[0] + "." if "." in self.task_id else ""
+        return prefix + job
+
+    def _parent_states(self, context: Mapping[str, Any]) -> dict[str, str]:
+        parents = sorted(self.upstream_task_ids)
+        if not parents:
+            return {}
+        ti = context["ti"]
+        states: dict[str, Any] = {}
+        try:
+            by_run = ti.get_task_states(dag_id=ti.dag_id, task_ids=parents, run_ids=[ti.run_id])
+            states = dict(by_run.get(ti.run_id, {}))
+        except Exception as exc:  # noqa: BLE001 - fall back to XComs (every job returns a dict)
+            self.log.warning("Could not read the parents' states (%s); using their XComs", exc)
+            values = ti.xcom_pull(task_ids=parents)
+            states = {p: ("success" if v is not None else "failed") for p, v in zip(parents, values)}
+        return {p: _STATE_TO_AZKABAN.get(str(states.get(p) or ""), "FAILED") for p in parents}
+
+    def _outputs(self, context: Mapping[str, Any], task_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        if not task_ids:
+            return {}
+        values = context["ti"].xcom_pull(task_ids=list(task_ids))
+        if not isinstance(values, list):
+            values = [values]
+        return {t: dict(v) for t, v in zip(task_ids, values) if isinstance(v, Mapping)}
+
+    def _check_condition(self, context: Mapping[str, Any]) -> None:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from airflow_ml_provider.azkaban.conditions import macro_met, parse_condition
+
+        cond = parse_condition(self.condition)
+        parent_states = self._parent_states(context)
+        if not macro_met(cond.macro, parent_states.values()):
+            raise AirflowSkipException(
+                f"Azkaban condition {cond.macro!r} is not met by the parents' statuses "
+                f"{parent_states}: job cancelled (shown as skipped)"
+            )
+        if cond.tree is None:
+            return
+        refs = cond.referenced_jobs()
+        outputs = self._outputs(context, [self._sibling_task_id(j) for j in refs])
+        by_job = {j: outputs.get(self._sibling_task_id(j), {}) for j in refs}
+        missing: list[str] = []
+
+        def lookup(job: str, param: str) -> Any:
+            if param not in by_job.get(job, {}):
+                missing.append(f"${{{job}:{param}}}")
+                raise KeyError(param)
+            return by_job[job][param]
+
+        if not cond.evaluate(lookup):
+            why = f" (no value for {', '.join(missing)})" if missing else ""
+            raise AirflowSkipException(
+                f"Azkaban condition {cond.text!r} is false{why}: job cancelled (shown as skipped)"
+            )
+        self.log.info("Azkaban condition %r is true", cond.text)
+
+    def resolved_props(self, context: Mapping[str, Any]) -> dict[str, str]:
+        """This job's properties, resolved with Azkaban's precedence (see the module docstring)."""
+        dag_run = context.get("dag_run")
+        conf = getattr(dag_run, "conf", None) or {}
+        run_flow_params = conf.get("flow_params") if isinstance(conf, Mapping) else None
+        parents = sorted(self.upstream_task_ids)
+        parent_outputs: dict[str, str] = {}
+        for _task, out in sorted(self._outputs(context, parents).items()):
+            parent_outputs.update({str(k): "" if v is None else str(v) for k, v in out.items()})
+        layers: list[Mapping[str, Any]] = [
+            self.inherited,
+            self.flow_props,
+            dict(run_flow_params or {}),
+            builtin_props(context, flow_id=self.flow_id, project=self.project, task_id=self.task_id),
+            parent_outputs,
+            self.props,
+        ]
+        return resolve_props(layers, job=self.task_id)
+
+    # -- execute -----------------------------------------------------------------------------
+    def execute(self, context: Any) -> dict[str, str]:
+        if skip_if_disabled(context, self.task_id, self.log):
+            return {}
+        self._check_condition(context)
+        try:
+            props = self.resolved_props(context)
+        except JobPropertyError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from None
+        handler = {
+            "command": self._run_command,
+            "javaprocess": self._run_java,
+            "java": self._run_java,
+            "hive": self._run_hive,
+            "noop": self._run_noop,
+        }.get(self.job_type)
+        if handler is None:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            shown = "\n".join(f"  {k}={v}" for k, v in sorted(self.props.items()))
+            raise AirflowFailException(
+                f"Azkaban job {self.job_name!r} has type {self.job_type!r}, which the migration has no "
+                f"mapping for; nothing was run. Replace this task with an Airflow operator. "
+                f"Original job properties:\n{shown}"
+            )
+        return handler(props, context)
+
+    def _run_noop(self, props: dict[str, str], context: Any) -> dict[str, str]:
+        self.log.info("noop job %s: nothing to run", self.job_name)
+        return {}
+
+    def _run_command(self, props: dict[str, str], context: Any) -> dict[str, str]:
+        lines = command_lines(props)
+        if not lines:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"command job {self.job_name!r} has no 'command' property")
+        return self._run_argvs(props, [split_command(line) for line in lines])
+
+    def _run_java(self, props: dict[str, str], context: Any) -> dict[str, str]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        main_class = props.get("java.class", "").strip()
+        if not main_class:
+            raise AirflowFailException(f"javaprocess job {self.job_name!r} has no 'java.class' property")
+        java = os.path.join(props["java.home"], "bin", "java") if props.get("java.home") else "java"
+        argv = [java]
+        if props.get("Xms"):
+            argv.append(f"-Xms{props['Xms']}")
+        if props.get("Xmx"):
+            argv.append(f"-Xmx{props['Xmx']}")
+        argv += split_command(props.get("jvm.args", ""))
+        classpath = props.get("classpath", "").strip()
+        if classpath:
+            argv += ["-cp", os.pathsep.join(c.strip() for c in classpath.split(",") if c.strip())]
+        argv.append(main_class)
+        argv += split_command(props.get("main.args", ""))
+        return self._run_argvs(props, [argv])
+
+    def _run_hive(self, props: dict[str, str], context: Any) -> dict[str, str]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        script = props.get("hive.script", "").strip()
+        query = props.get("hive.query", "").strip()
+        if not script and not query:
+            raise AirflowFailException(
+                f"hive job {self.job_name!r} has neither 'hive.script' nor 'hive.query'"
+            )
+        cli = split_command(props.get("hive.cli", "hive")) or ["hive"]
+        argv = cli + (["-f", script] if script else ["-e", query])
+        for key, value in sorted(props.items()):
+            if key.startswith("hivevar."):
+                argv += ["--hivevar", f"{key[len('hivevar.') :]}={value}"]
+            elif key.startswith("hiveconf."):
+                argv += ["--hiveconf", f"{key[len('hiveconf.') :]}={value}"]
+        return self._run_argvs(props, [argv])
+
+    def _run_argvs(self, props: dict[str, str], argvs: list[list[str]]) -> dict[str, str]:
+        from airflow.sdk.exceptions import AirflowException
+
+        from airflow_ml_provider.properties import dump_properties
+
+        cwd = props.get("working.dir") or self.project_dir or os.getcwd()
+        if self.project_dir and not os.path.isabs(cwd):
+            cwd = os.path.join(self.project_dir, cwd)
+        with tempfile.TemporaryDirectory(prefix=f"azkaban_{self.job_name}_") as tmp:
+            prop_file = Path(tmp, f"{self.job_name}_props.properties")
+            out_file = Path(tmp, f"{self.job_name}_output.json")
+            prop_file.write_text(dump_properties(props), encoding="iso-8859-1", errors="replace")
+            env = dict(os.environ)
+            env.update({k[len("env.") :]: v for k, v in props.items() if k.startswith("env.")})
+            env.update(
+                {
+                    "JOB_PROP_FILE": str(prop_file),
+                    "JOB_NAME": self.job_name,
+                    "JOB_OUTPUT_PROP_FILE": str(out_file),
+                }
+            )
+            for argv in argvs:
+                self.log.info("Running (no shell, cwd=%s): %s", cwd, argv)
+                try:
+                    proc = subprocess.Popen(
+                        argv,
+                        cwd=cwd,
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                        errors="replace",
+                    )
+                except OSError as exc:
+                    raise AirflowException(f"job {self.job_name!r}: cannot run {argv[0]!r}: {exc}") from None
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    self.log.info("%s", line.rstrip("\n"))
+                rc = proc.wait()
+                if rc != 0:
+                    raise AirflowException(f"job {self.job_name!r}: command {argv} exited with code {rc}")
+            return self._read_outputs(out_file)
+
+    def _read_outputs(self, path: Path) -> dict[str, str]:
+        from airflow.sdk.exceptions import AirflowException
+
+        if not path.exists() or not path.read_text(errors="replace").strip():
+            return {}
+        text = path.read_text(errors="replace")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AirflowException(
+                f"job {self.job_name!r}: JOB_OUTPUT_PROP_FILE is not valid JSON (line {exc.lineno}, "
+                f"column {exc.colno}: {exc.msg})"
+            ) from None
+        if not isinstance(data, dict):
+            raise AirflowException(f"job {self.job_name!r}: JOB_OUTPUT_PROP_FILE must hold a JSON object")
+        outputs = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+        self.log.info("Output properties (visible to direct children): %s", outputs)
+        return outputs
+
+
+# ----------------------------------------------------------------------- generated-DAG API
+def job(
+    task_id: str,
+    job_type: str,
+    props: Mapping[str, str] | None = None,
+    *,
+    inherited: Mapping[str, str] | None = None,
+    condition: str | None = None,
+    **kwargs: Any,
+) -> BaseOperator:
+    """Create the task for one Azkaban job (used by generated DAG files).
+
+    Job properties that Airflow handles itself are applied here from the merged properties:
+    ``retries``, ``retry.backoff`` (milliseconds), ``failure.emails`` / ``success.emails`` /
+    ``notify.emails``. A job with a status macro other than ``all_success`` runs with
+    ``trigger_rule="all_done"`` and checks the macro itself (Airflow's rules of the same names
+    differ from Azkaban's); otherwise ``all_success`` already matches Azkaban (a failed parent
+    fails the run, a cancelled = skipped parent cancels the child).
+    """
+    from airflow_ml_provider.azkaban.conditions import parse_condition
+
+    props = dict(props or {})
+    merged = {**(inherited or {}), **props}
+    cond = parse_condition(condition)
+    if cond.macro != "all_success":
+        kwargs.setdefault("trigger_rule", "all_done")
+    retries = _int(merged.get("retries"))
+    if retries is not None:
+        kwargs.setdefault("retries", retries)
+    backoff = _int(merged.get("retry.backoff"))
+    if backoff is not None:
+        kwargs.setdefault("retry_delay", timedelta(milliseconds=backoff))
+    failure = _emails(merged.get("failure.emails")) + _emails(merged.get("notify.emails"))
+    success = _emails(merged.get("success.emails")) + _emails(merged.get("notify.emails"))
+    if failure:
+        kwargs.setdefault("on_failure_callback", _notify("failed", sorted(set(failure))))
+    if success:
+        kwargs.setdefault("on_success_callback", _notify("succeeded", sorted(set(success))))
+    return AzkabanJobOperator(
+        task_id=task_id,
+        job_type=job_type,
+        props=props,
+        inherited=inherited,
+        condition=condition or None,
+        **kwargs,
+    )
+
+
+def _int(value: str | None) -> int | None:
+    if value is None or not str(value).strip():
+        return None
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def flow_dag_args(
+    *,
+    project: str,
+    flow_id: str,
+    project_dir: str | os.PathLike[str],
+    flow_props: Mapping[str, str] | None = None,
+    disabled: Sequence[str] = (),
+) -> dict[str, Any]:
+    """DAG keyword arguments shared by every migrated flow.
+
+    :param disabled: the schedule's ``disabledJobs``: the default of the ``disabled_tasks`` param.
+    """
+    return {
+        "params": {"disabled_tasks": disabled_tasks_param(disabled)},
+        "default_args": {
+            "project_dir": str(project_dir),
+            "project": project,
+            "flow_id": flow_id,
+            "flow_props": dict(flow_props or {}),
+        },
+        "catchup": False,
+        "tags": ["azkaban", project] if project else ["azkaban"],
+    }
