@@ -126,53 +126,26 @@ def _bad_instance(spec: Any, instances: Sequence[Mapping[str, Any]], exc: Except
 
 
 def record_uri(record: Any) -> str:
-    """The bundle URI of a registry record."""
-    for attr in ("uri", "bundle_uri", "storage_uri", "model_uri", "path"):
-        value = getattr(record, attr, None)
-        if value:
-            return str(value)
-    if isinstance(record, Mapping):
-        for key in ("uri", "bundle_uri"):
-            if record.get(key):
-                return str(record[key])
-    raise ModelLoadError(f"registry record {record!r} has no bundle URI")
+    """The bundle URI of a registry record (:class:`~airflow_ml_provider.ml.registry.ModelRecord`)."""
+    value = getattr(record, "bundle_uri", None)
+    if not value:
+        raise ModelLoadError(f"registry record {record!r} has no bundle URI")
+    return str(value)
 
 
 def record_version(record: Any) -> int:
-    value = getattr(record, "version", None)
-    if value is None and isinstance(record, Mapping):
-        value = record.get("version")
-    return int(value)
+    return int(record.version)
 
 
-def _manifest_of(bundle: Any) -> Mapping[str, Any]:
-    manifest = getattr(bundle, "manifest", None)
-    if manifest is None and isinstance(bundle, Mapping):
-        manifest = bundle
-    return manifest or {}
-
-
-def _bundle_path(bundle: Any, attr: str, manifest: Mapping[str, Any], key: str, root: Path,
-                 default: str) -> Path:
-    value = getattr(bundle, attr, None)
-    if value:
-        return Path(value)
-    rel = manifest.get(key) or default
-    return root / rel
-
-
-def _expected_spec_hash(manifest: Mapping[str, Any], bundle: Any) -> str | None:
-    value = getattr(bundle, "spec_hash", None) or getattr(bundle, "feature_spec_hash", None)
-    if value:
-        return str(value)
-    for key in ("spec_hash", "feature_spec_hash", "fitted_spec_hash", "spec_content_hash"):
-        if manifest.get(key):
-            return str(manifest[key])
-    spec_info = manifest.get("spec") or manifest.get("feature_spec") or manifest.get("fitted_spec")
-    if isinstance(spec_info, Mapping):
-        for key in ("content_hash", "hash"):
-            if spec_info.get(key):
-                return str(spec_info[key])
+def _expected_spec_hash(bundle: Any) -> str | None:
+    """The fitted spec's content hash as recorded at build time (metadata.json / manifest), if any."""
+    for source in (getattr(bundle, "metadata", None) or {}, getattr(bundle, "manifest", None) or {}):
+        for key in ("spec_hash", "fitted_spec_hash", "spec_content_hash", "feature_spec_hash"):
+            if source.get(key):
+                return str(source[key])
+        spec_info = source.get("fitted_spec") or source.get("spec")
+        if isinstance(spec_info, Mapping) and spec_info.get("content_hash"):
+            return str(spec_info["content_hash"])
     return None
 
 
@@ -217,25 +190,23 @@ def load_model(name: str, record: Any, cache_dir: Path) -> LoadedModel:
     started = time.perf_counter()
     target = Path(tempfile.mkdtemp(prefix=f"{_safe(name)}-v{version}-", dir=cache_dir))
     try:
-        local = Path(fetch_bundle(uri, target))
+        # fetch_bundle verifies every file against the manifest, and the manifest against the
+        # registry's checksum; load_bundle verifies again on the local copy (cheap, and it is what
+        # a cached copy goes through too).
+        local = fetch_bundle(uri, target, expected_checksum=getattr(record, "checksum", None) or None)
         bundle = load_bundle(local, verify=True)
-        manifest = _manifest_of(bundle)
-        root = Path(getattr(bundle, "path", None) or getattr(bundle, "root", None) or local)
-        spec_path = _bundle_path(bundle, "spec_path", manifest, "spec_path", root, "feature_spec.json")
-        model_dir = _bundle_path(bundle, "model_dir", manifest, "model_dir", root, "model")
-        framework = getattr(bundle, "framework", None) or manifest.get("framework")
-        if not framework:
-            raise ModelLoadError("the bundle manifest names no framework")
-        spec = FittedSpec.load(spec_path)
-        expected = _expected_spec_hash(manifest, bundle)
+        # The fitted spec comes from the bundle -- never from a shared location -- so a changed
+        # custom transformer reaches the service only inside a newly published bundle.
+        spec = FittedSpec.load(bundle.fitted_spec_path)
+        expected = _expected_spec_hash(bundle)
         actual = getattr(spec, "content_hash", None)
         if expected and actual and str(expected) != str(actual):
-            raise ModelLoadError(f"the fitted spec's content hash {actual} does not match the manifest's "
-                                 f"{expected}")
-        predictor = load_predictor(framework, model_dir)
+            raise ModelLoadError(f"the fitted spec's content hash {actual} does not match the one recorded "
+                                 f"in the bundle ({expected})")
+        predictor = load_predictor(bundle.framework, bundle.model_dir)
         model = LoadedModel(name=name, version=version, uri=uri, spec=spec, predictor=predictor,
-                            framework=str(framework), manifest=dict(manifest), bundle_dir=target,
-                            record=record)
+                            framework=str(bundle.framework), manifest=dict(bundle.metadata),
+                            bundle_dir=target, record=record)
         _warm_up(model)
         model.load_seconds = time.perf_counter() - started
         return model
