@@ -1,0 +1,264 @@
+"""``airflow-ml models``: inspect the model registry and roll a model back.
+
+Examples::
+
+    airflow-ml models list [--name churn] [--format table|json]
+    airflow-ml models show churn [--version 3] [--format json|table]
+    airflow-ml models rollback churn --to 2 [--by alice] [--reason "AUC drop in prod"]
+
+Every command takes ``--registry URL_OR_CONN_ID``: a SQLAlchemy URL (``sqlite:////path/reg.db``,
+``mysql://user:pw@host/db``) or an Airflow connection id. Without it, ``$AIRFLOW_ML_REGISTRY`` is
+used, then -- only if Airflow is installed -- the Airflow config option ``[ml] registry_conn``
+(``AIRFLOW__ML__REGISTRY_CONN``). See docs/registry.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from airflow_ml_provider.cli import CLIError
+
+ENV_REGISTRY = "AIRFLOW_ML_REGISTRY"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        help="list, show and roll back published models (the model registry)",
+        description="Inspect the model registry (ml_model_publish) and choose which version is served.",
+    )
+    sub = parser.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+
+    def add_registry(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--registry",
+            metavar="URL_OR_CONN_ID",
+            default=None,
+            help=f"SQLAlchemy URL or Airflow connection id of the registry (default: ${ENV_REGISTRY}, "
+            "then Airflow config [ml] registry_conn)",
+        )
+
+    p_list = sub.add_parser("list", help="list published model versions")
+    p_list.add_argument("--name", default=None, help="only this model")
+    p_list.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    add_registry(p_list)
+    p_list.set_defaults(func=cmd_list)
+
+    p_show = sub.add_parser("show", help="show one model version (default: the one being served)")
+    p_show.add_argument("name", help="model name")
+    p_show.add_argument("--version", default=None, help="version to show (default: the served version)")
+    p_show.add_argument("--format", choices=["json", "table"], default="json", help="output format")
+    add_registry(p_show)
+    p_show.set_defaults(func=cmd_show)
+
+    p_rb = sub.add_parser("rollback", help="serve an earlier (or any published) version of a model")
+    p_rb.add_argument("name", help="model name")
+    p_rb.add_argument("--to", dest="to_version", required=True, metavar="VERSION", help="version to serve")
+    p_rb.add_argument("--by", default=None, help="who asks (default: $USER)")
+    p_rb.add_argument("--reason", default=None, help="why (kept in the registry)")
+    add_registry(p_rb)
+    p_rb.set_defaults(func=cmd_rollback)
+
+    parser.set_defaults(func=lambda args: _usage(parser))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _default_registry() -> str | None:
+    value = os.environ.get(ENV_REGISTRY, "").strip()
+    if value:
+        return value
+    value = os.environ.get("AIRFLOW__ML__REGISTRY_CONN", "").strip()
+    if value:
+        return value
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("airflow") is None:
+            return None
+        from airflow.configuration import conf
+
+        value = conf.get("ml", "registry_conn", fallback=None)
+    except Exception:  # noqa: BLE001 - a broken Airflow config must not hide the real hint
+        return None
+    return value.strip() if value else None
+
+
+def _open(args: argparse.Namespace):
+    from airflow_ml_provider.hooks.registry import resolve_registry_url
+    from airflow_ml_provider.ml.registry import ModelRegistry, RegistryError
+
+    value = args.registry if args.registry is not None else _default_registry()
+    if not value or not value.strip():
+        raise CLIError(
+            f"no registry: pass --registry URL_OR_CONN_ID, or set ${ENV_REGISTRY} "
+            "(or the Airflow config option [ml] registry_conn)"
+        )
+    try:
+        return ModelRegistry(resolve_registry_url(value))
+    except RegistryError as exc:
+        raise CLIError(f"--registry: {exc}") from None
+
+
+def _call(fn, *a, **kw):
+    from airflow_ml_provider.ml.registry import RegistryError
+
+    try:
+        return fn(*a, **kw)
+    except RegistryError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _version_arg(value: Any) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise CLIError(f"invalid version {value!r}: must be a positive integer")
+    return int(text)
+
+
+def _fmt_metrics(metrics: dict[str, Any], limit: int = 3) -> str:
+    items = []
+    for key in sorted(metrics):
+        value = metrics[key]
+        if isinstance(value, float):
+            items.append(f"{key}={value:.4g}")
+        elif isinstance(value, (int, str)) and not isinstance(value, bool):
+            items.append(f"{key}={value}")
+        if len(items) >= limit:
+            break
+    return " ".join(items)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    registry = _open(args)
+    try:
+        if args.name is not None:
+            _call(_check_name, args.name)
+        records = _call(registry.list, args.name)
+        if args.name is not None and not records:
+            raise CLIError(_call(registry._unknown_model_message, args.name))
+        served = {}
+        for name in sorted({r.name for r in records}):
+            cur = _call(registry.current, name)
+            served[name] = cur.version if cur else None
+    finally:
+        registry.dispose()
+    if args.format == "json":
+        out = [dict(r.to_dict(), serving=served.get(r.name) == r.version) for r in records]
+        print(json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False))
+        return 0
+    if not records:
+        print("no models published yet")
+        return 0
+    rows = [
+        [
+            r.name,
+            str(r.version),
+            "*" if served.get(r.name) == r.version else "",
+            r.framework,
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "",
+            _fmt_metrics(r.metrics),
+            r.bundle_uri,
+        ]
+        for r in records
+    ]
+    print(_table(["NAME", "VERSION", "SERVING", "FRAMEWORK", "CREATED (UTC)", "METRICS", "BUNDLE"], rows))
+    return 0
+
+
+def _check_name(name: str) -> str:
+    from airflow_ml_provider.ml.registry import validate_model_name
+
+    return validate_model_name(name)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    _call(_check_name, args.name)
+    version = _version_arg(args.version) if args.version is not None else None
+    registry = _open(args)
+    try:
+        current = _call(registry.current, args.name)
+        if version is None:
+            if current is None:
+                raise CLIError(_call(registry._unknown_model_message, args.name))
+            record = current
+        else:
+            record = _call(registry.get, args.name, version)
+        versions = _call(registry.versions, args.name)
+        events = _call(registry.events, args.name)
+    finally:
+        registry.dispose()
+    data = record.to_dict()
+    data["serving"] = current is not None and current.version == record.version
+    data["serving_version"] = current.version if current else None
+    data["versions"] = versions
+    last = events[-1] if events else None
+    data["last_serving_event"] = last.to_dict() if last else None
+    if args.format == "json":
+        print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+        return 0
+    rows = []
+    for key in (
+        "name",
+        "version",
+        "serving",
+        "serving_version",
+        "versions",
+        "framework",
+        "status",
+        "created_at",
+        "bundle_uri",
+        "spec_uri",
+        "checksum",
+        "dag_id",
+        "run_id",
+    ):
+        value = data[key]
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        rows.append([key, "" if value is None else str(value)])
+    for key in sorted(record.metrics):
+        rows.append([f"metrics.{key}", json.dumps(record.metrics[key], ensure_ascii=False)])
+    if last is not None:
+        who = f" by {last.created_by}" if last.created_by else ""
+        rows.append(["last_serving_event", f"{last.action} -> v{last.version}{who} at {last.created_at}"])
+    print(_table(["FIELD", "VALUE"], rows))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    _call(_check_name, args.name)
+    version = _version_arg(args.to_version)
+    by = args.by or os.environ.get("USER") or os.environ.get("USERNAME") or None
+    registry = _open(args)
+    try:
+        before = _call(registry.current, args.name)
+        event = _call(registry.rollback, args.name, version, by=by, reason=args.reason)
+    finally:
+        registry.dispose()
+    was = f" (was version {before.version})" if before is not None else ""
+    print(
+        f"model {args.name!r}: now serving version {event.version}{was}; "
+        f"rollback event {event.id} recorded, the model service follows it on its next poll"
+    )
+    return 0
