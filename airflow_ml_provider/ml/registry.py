@@ -357,11 +357,12 @@ def build_metadata(table_prefix: str = "") -> tuple[sa.MetaData, sa.Table, sa.Ta
     return md, publish, serving
 
 
-def create_registry_engine(url: str | sa.engine.URL) -> sa.engine.Engine:
-    """An engine for the registry: MySQL gets a <= 5 s connect timeout; SQLite waits on locks."""
+def engine_options(url: str | sa.engine.URL) -> dict[str, Any]:
+    """Keyword arguments for ``create_engine``: MySQL gets a <= 5 s connect timeout and
+    pre-ping; SQLite waits up to 30 s on a locked database."""
     parsed = normalize_url(url)
     backend = parsed.get_backend_name()
-    kwargs: dict[str, Any] = {"future": True} if sa.__version__.startswith("1.4") else {}
+    kwargs: dict[str, Any] = {}
     if backend in ("mysql", "mariadb"):
         kwargs.update(
             connect_args={
@@ -373,12 +374,17 @@ def create_registry_engine(url: str | sa.engine.URL) -> sa.engine.Engine:
             pool_recycle=1800,
         )
     elif backend == "sqlite":
-        connect_args: dict[str, Any] = {"timeout": 30, "check_same_thread": False}
-        kwargs["connect_args"] = connect_args
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         if parsed.database in (None, "", ":memory:"):
             kwargs["poolclass"] = sa.pool.StaticPool
+    return kwargs
+
+
+def create_registry_engine(url: str | sa.engine.URL) -> sa.engine.Engine:
+    """An engine for the registry (see :func:`engine_options`)."""
+    parsed = normalize_url(url)
     try:
-        return sa.create_engine(parsed, **kwargs)
+        return sa.create_engine(parsed, **engine_options(parsed))
     except ImportError as exc:
         raise RegistryError(f"no database driver for {mask_url(parsed)}: {exc}") from None
     except sa_exc.ArgumentError as exc:
