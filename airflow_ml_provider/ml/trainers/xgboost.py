@@ -1,0 +1,363 @@
+"""XGBoost trainer: ``xgboost.train`` on a DMatrix built straight from the feature table's buffer.
+
+Params (flat dict; strings such as ``"100"`` are accepted, bad values name the key):
+
+==========================  =================================================================
+``objective``               default ``binary:logistic`` (``reg:squarederror``, ``multi:softprob``...)
+``eta`` / ``learning_rate`` learning rate (xgboost default 0.3 when unset)
+``max_depth``               tree depth (xgboost default 6 when unset)
+``num_boost_round``         boosting rounds, alias ``rounds``; default 100
+``early_stopping_rounds``   stop when the last metric on ``valid`` has not improved for N rounds
+``eval_metric``             one name, a list, or ``"auc,logloss"``; the LAST drives early stopping
+``tree_method``             default ``hist``
+``device``                  ``cpu`` / ``cuda`` / ``cuda:1`` -- passed through unchanged
+``nthread``                 threads for training and DMatrix construction (default: xgboost's)
+``seed``                    random seed (default 0)
+``dmatrix``                 ``dmatrix`` (default, same as a plain script) or ``quantile``
+                            (``QuantileDMatrix``: less memory for ``hist``)
+``eval_train``              also evaluate on the training set each round (default false)
+``log_every``               log progress every N rounds (default 1)
+``model_format``            ``ubj`` (default) or ``json``
+``missing``                 value treated as missing (default NaN)
+``extra_params``            dict merged into the booster params
+any other key               passed to xgboost unchanged (free-form booster params)
+==========================  =================================================================
+
+Prediction path (the online service relies on it): :class:`XGBoostPredictor.predict` calls
+``Booster.inplace_predict`` on a C-contiguous float32 array with
+``iteration_range=(0, best_iteration + 1)`` -- no DMatrix -- both right after training and after
+loading, so the scores are bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from airflow_ml_provider.ml.feature_table import Dataset
+from airflow_ml_provider.ml.trainers.base import (
+    LogFn,
+    ParamReader,
+    TrainerError,
+    TrainResult,
+    check_xy,
+    library_versions,
+    prepare_out_dir,
+    write_metadata,
+)
+
+FRAMEWORK = "xgboost"
+_RESERVED_KEYS = (
+    "objective",
+    "eta",
+    "learning_rate",
+    "max_depth",
+    "num_boost_round",
+    "rounds",
+    "early_stopping_rounds",
+    "eval_metric",
+    "tree_method",
+    "device",
+    "nthread",
+    "seed",
+    "dmatrix",
+    "eval_train",
+    "log_every",
+    "model_format",
+    "missing",
+    "extra_params",
+)
+
+
+def _metrics_list(v: Any) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        s = v.strip()
+        if s.startswith("["):
+            import json
+
+            return [str(x) for x in json.loads(s)]
+        return [x.strip() for x in s.split(",") if x.strip()]
+    return [str(x) for x in v]
+
+
+def task_of(objective: str) -> str:
+    if objective.startswith("binary:"):
+        return "binary"
+    if objective.startswith("multi:"):
+        return "multiclass"
+    if objective.startswith("rank:"):
+        return "ranking"
+    return "regression"
+
+
+def _valid_feature_names(names: list[str]) -> bool:
+    return len(set(names)) == len(names) and all(n and not any(c in n for c in "[]<,") for n in names)
+
+
+def build_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split user params into (booster params, run options). Raises TrainerError naming bad keys."""
+    r = ParamReader(FRAMEWORK, params)
+    booster: dict[str, Any] = {
+        "objective": r.get("objective", "binary:logistic", str),
+        "tree_method": r.get("tree_method", "hist", str),
+    }
+    eta = r.get("eta", None, float, aliases=("learning_rate",))
+    if eta is not None:
+        booster["eta"] = eta
+    depth = r.get("max_depth", None, int)
+    if depth is not None:
+        booster["max_depth"] = depth
+    device = r.get("device", None, str)
+    if device:
+        booster["device"] = device  # 'cuda' passes through unchanged
+    nthread = r.get("nthread", None, int)
+    if nthread is not None:
+        booster["nthread"] = nthread
+    booster["seed"] = r.get("seed", 0, int)
+    metrics = _metrics_list(r.get("eval_metric"))
+    if metrics:
+        booster["eval_metric"] = metrics if len(metrics) > 1 else metrics[0]
+    extra = r.get("extra_params", None)
+    if extra is not None:
+        if isinstance(extra, str):
+            import json
+
+            try:
+                extra = json.loads(extra)
+            except ValueError as exc:
+                raise TrainerError(f"xgboost param 'extra_params': not valid JSON: {exc}") from None
+        if not isinstance(extra, Mapping):
+            raise TrainerError(f"xgboost param 'extra_params' must be a mapping, got {type(extra).__name__}")
+        booster.update(extra)
+    rounds = r.get("num_boost_round", 100, int, aliases=("rounds",))
+    if rounds < 1:
+        raise TrainerError(f"xgboost param 'num_boost_round' must be >= 1, got {rounds}")
+    esr = r.get("early_stopping_rounds", None, int)
+    if esr is not None and esr < 1:
+        raise TrainerError(f"xgboost param 'early_stopping_rounds' must be >= 1, got {esr}")
+    dm = r.get("dmatrix", "dmatrix", str)
+    if dm not in ("dmatrix", "quantile"):
+        raise TrainerError(f"xgboost param 'dmatrix' must be 'dmatrix' or 'quantile', got {dm!r}")
+    fmt = r.get("model_format", "ubj", str)
+    if fmt not in ("ubj", "json"):
+        raise TrainerError(f"xgboost param 'model_format' must be 'ubj' or 'json', got {fmt!r}")
+    options = {
+        "num_boost_round": rounds,
+        "early_stopping_rounds": esr,
+        "dmatrix": dm,
+        "eval_train": r.get("eval_train", False, bool),
+        "log_every": max(1, r.get("log_every", 1, int)),
+        "model_format": fmt,
+        "missing": r.get("missing", math.nan, float),
+        "nthread": nthread,
+    }
+    # free-form booster params: everything not consumed above
+    for k in r.unknown():
+        if k not in _RESERVED_KEYS:
+            booster[k] = params[k]
+    return booster, options
+
+
+def _make_callback(log: LogFn, every: int, total: int):
+    import xgboost as xgb
+
+    class ProgressLog(xgb.callback.TrainingCallback):
+        """Logs each iteration's eval metrics (``[12/100] valid-auc=0.8123``) through ``log``."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.t0 = time.perf_counter()
+
+        def after_iteration(self, model, epoch: int, evals_log) -> bool:
+            if (epoch + 1) % every == 0 or epoch + 1 == total:
+                parts = [
+                    f"{data}-{metric}={values[-1]:.6g}"
+                    for data, metrics in evals_log.items()
+                    for metric, values in metrics.items()
+                    if values
+                ]
+                log(
+                    f"[{epoch + 1}/{total}] {' '.join(parts) or 'no eval set'}"
+                    f" ({time.perf_counter() - self.t0:.1f}s)"
+                )
+            return False
+
+    return ProgressLog()
+
+
+def make_dmatrix(ds: Dataset, kind: str, missing: float, nthread: int | None, ref=None):
+    """DMatrix / QuantileDMatrix straight from the zero-copy float32 array (no pandas, no copy)."""
+    import xgboost as xgb
+
+    kw: dict[str, Any] = {"label": ds.y, "missing": missing}
+    if nthread is not None:
+        kw["nthread"] = nthread
+    if kind == "quantile":
+        return xgb.QuantileDMatrix(ds.X, ref=ref, **kw)
+    return xgb.DMatrix(ds.X, **kw)
+
+
+class XGBoostTrainer:
+    """``get_trainer("xgboost")``."""
+
+    name = FRAMEWORK
+
+    def train(
+        self,
+        train: Dataset,
+        valid: Dataset | None,
+        params: Mapping[str, Any],
+        out_dir: str | os.PathLike,
+        log: LogFn = print,
+    ) -> TrainResult:
+        import xgboost as xgb
+
+        booster_params, opt = build_params(params or {})
+        check_xy(train, "training")
+        if valid is not None:
+            check_xy(valid, "validation")
+            if valid.n_features != train.n_features:
+                raise TrainerError(
+                    f"validation data has {valid.n_features} features, training data {train.n_features}"
+                )
+        if opt["early_stopping_rounds"] and valid is None:
+            raise TrainerError("xgboost param 'early_stopping_rounds' needs a validation dataset")
+        out = prepare_out_dir(out_dir)
+
+        dtrain = make_dmatrix(train, opt["dmatrix"], opt["missing"], opt["nthread"])
+        evals = []
+        if opt["eval_train"]:
+            evals.append((dtrain, "train"))
+        if valid is not None:
+            ref = dtrain if opt["dmatrix"] == "quantile" else None
+            evals.append((make_dmatrix(valid, opt["dmatrix"], opt["missing"], opt["nthread"], ref), "valid"))
+        history: dict[str, dict[str, list[float]]] = {}
+        log(
+            f"xgboost {xgb.__version__}: {train.n_rows} x {train.n_features} train rows"
+            f"{f', {valid.n_rows} valid rows' if valid is not None else ''}; params {booster_params}, "
+            f"rounds={opt['num_boost_round']}, early_stopping_rounds={opt['early_stopping_rounds']}"
+        )
+        t0 = time.perf_counter()
+        booster = xgb.train(
+            booster_params,
+            dtrain,
+            num_boost_round=opt["num_boost_round"],
+            evals=evals,
+            early_stopping_rounds=opt["early_stopping_rounds"],
+            evals_result=history,
+            verbose_eval=False,
+            callbacks=[_make_callback(log, opt["log_every"], opt["num_boost_round"])],
+        )
+        seconds = time.perf_counter() - t0
+        rounds_done = booster.num_boosted_rounds()
+        best = getattr(booster, "best_iteration", None) if opt["early_stopping_rounds"] else None
+        if best is None:
+            best = rounds_done - 1
+        best = int(best)
+        if _valid_feature_names(train.feature_names):
+            booster.feature_names = list(train.feature_names)
+        model_file = f"model.{opt['model_format']}"
+        tmp = out / f".tmp-model.{opt['model_format']}"  # keep the extension: it selects the format
+        booster.save_model(str(tmp))
+        os.replace(tmp, out / model_file)
+        log(
+            f"trained {rounds_done} rounds in {seconds:.2f}s; best iteration {best}; wrote {out / model_file}"
+        )
+
+        task = task_of(str(booster_params["objective"]))
+        result = TrainResult(
+            framework=FRAMEWORK,
+            model_files=[model_file, "metadata.json"],
+            params={
+                **booster_params,
+                **{k: v for k, v in opt.items() if k != "missing"},
+                "missing": None if math.isnan(opt["missing"]) else opt["missing"],
+            },
+            library_versions=library_versions("xgboost"),
+            best_iteration=best,
+            history={k: {m: [float(x) for x in v] for m, v in d.items()} for k, d in history.items()},
+            feature_names=list(train.feature_names),
+            task=task,
+            out_dir=str(out),
+            extra={
+                "num_boosted_rounds": rounds_done,
+                "train_seconds": round(seconds, 4),
+                "predict_method": "inplace_predict",
+                "iteration_range": [0, best + 1],
+            },
+        )
+        write_metadata(out, result, {"model_file": model_file})
+        result.predictor = XGBoostPredictor(booster, result.feature_names, task, best, opt["missing"])
+        return result
+
+
+class XGBoostPredictor:
+    """A loaded booster; ``predict`` = ``inplace_predict`` over ``iteration_range=(0, best+1)``."""
+
+    framework = FRAMEWORK
+
+    def __init__(self, booster, feature_names: list[str], task: str, best_iteration: int, missing: float):
+        self.booster = booster
+        self.feature_names = list(feature_names)
+        self.task = task
+        self.best_iteration = int(best_iteration)
+        self.missing = missing
+        self.n_features = len(self.feature_names)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        X = np.ascontiguousarray(X)
+        if X.shape[1] != self.n_features:
+            raise TrainerError(f"model expects {self.n_features} features, got {X.shape[1]}")
+        return self.booster.inplace_predict(
+            X, iteration_range=(0, self.best_iteration + 1), missing=self.missing, validate_features=False
+        )
+
+    def feature_importance(self, importance_type: str = "gain") -> dict[str, float]:
+        """Per-feature ``gain`` (default), ``weight``, ``cover``, ``total_gain`` or ``total_cover``.
+
+        Features never used in a split get 0.0.
+        """
+        scores = self.booster.get_score(importance_type=importance_type)
+        out = {n: 0.0 for n in self.feature_names}
+        for k, v in scores.items():
+            if k in out:
+                out[k] = float(v)
+            elif k.startswith("f") and k[1:].isdigit() and int(k[1:]) < self.n_features:
+                out[self.feature_names[int(k[1:])]] = float(v)
+        return out
+
+
+def load_predictor(model_dir: Path, meta: dict[str, Any]) -> XGBoostPredictor:
+    import xgboost as xgb
+
+    model_file = meta.get("model_file") or next(
+        (f for f in meta.get("model_files", []) if f.startswith("model.")), "model.ubj"
+    )
+    path = model_dir / model_file
+    if not path.exists():
+        raise TrainerError(f"{path}: xgboost model file missing")
+    booster = xgb.Booster()
+    booster.load_model(str(path))
+    missing = meta.get("params", {}).get("missing")
+    return XGBoostPredictor(
+        booster,
+        meta.get("feature_names", []),
+        meta.get("task", "binary"),
+        int(
+            meta.get("best_iteration")
+            if meta.get("best_iteration") is not None
+            else booster.num_boosted_rounds() - 1
+        ),
+        math.nan if missing is None else float(missing),
+    )
