@@ -89,8 +89,8 @@ class LoadedModel:
                 row, col = (int(v) for v in bad[0])
                 names = list(getattr(self.spec, "feature_names", []) or [])
                 feat = names[col] if col < len(names) else f"#{col}"
-                raise BadRequest(f"instance {row}: feature {feat!r} is infinite after the transform; "
-                                 "send a finite number")
+                raise BadRequest(f"instance {row}: feature {feat!r} is infinite after the transform "
+                                 "(beyond the float32 range); send a smaller finite number")
         return X
 
     def predict_matrix(self, X: np.ndarray) -> np.ndarray:
@@ -324,6 +324,7 @@ class ModelManager:
         for version, model in self._versions.get(name, {}).items():
             entries[version] = _status_entry(version, "AVAILABLE", "OK", "")
             entries[version]["current"] = served is model
+            entries[version]["load_seconds"] = round(model.load_seconds, 4)
         loading = self._loading.get(name)
         if loading is not None and loading not in entries:
             entries[loading] = _status_entry(loading, "LOADING", "OK", "")
