@@ -216,6 +216,8 @@ class AzkabanJobOperator(BaseOperator):
         working directory, as Azkaban runs jobs in the project's execution directory).
     :param project: the Azkaban project name (``azkaban.flow.projectname``).
     :param flow_id: the Azkaban flow id (used when the run has no dag_id).
+    :param condition_scope: the task-id prefix of the jobs that ``${job:param}`` in the condition
+        names (default: this task's own group); set for a condition moved from an embedding node.
     """
 
     template_fields = ()
@@ -232,9 +234,11 @@ class AzkabanJobOperator(BaseOperator):
         project_dir: str | None = None,
         project: str = "",
         flow_id: str = "",
+        condition_scope: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.condition_scope = condition_scope
         self.job_type = job_type
         self.props = dict(props or {})
         self.inherited = dict(inherited or {})
@@ -250,6 +254,8 @@ class AzkabanJobOperator(BaseOperator):
         return self.task_id.rsplit(".", 1)[-1]
 
     def _sibling_task_id(self, job: str) -> str:
+        if self.condition_scope is not None:
+            return self.condition_scope + job
         prefix = self.task_id.rsplit(".", 1)[0] + "." if "." in self.task_id else ""
         return prefix + job
 
