@@ -1,0 +1,190 @@
+"""``airflow-ml features``: fit a feature spec on a table, transform a table with a fitted spec.
+
+::
+
+    airflow-ml features fit --spec features.yaml --data train.parquet --out fitted.json
+    airflow-ml features transform --fitted fitted.json --data test.csv --out features.parquet
+    airflow-ml features show --fitted fitted.json
+    airflow-ml features transformers
+
+Input data: Parquet (a file or a directory of files) or CSV; output: Parquet. Outputs are
+written to a temporary file and renamed into place, so a failed run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from . import CLIError
+
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "features",
+        help="fit a feature spec and transform data with it",
+        description="Fit a YAML feature spec on a table and transform tables with the fitted spec.",
+    )
+    sub = parser.add_subparsers(dest="features_command", metavar="ACTION")
+
+    p = sub.add_parser("fit", help="fit a feature spec on a table -> fitted spec (JSON)")
+    p.add_argument("--spec", required=True, help="feature spec (YAML)")
+    p.add_argument("--data", required=True, help="training table: Parquet file/directory or CSV")
+    p.add_argument("--out", required=True, help="where to write the fitted spec (JSON)")
+    p.set_defaults(func=_fit)
+
+    p = sub.add_parser("transform", help="transform a table with a fitted spec -> Parquet")
+    p.add_argument("--fitted", required=True, help="fitted spec (JSON) written by 'features fit'")
+    p.add_argument("--data", required=True, help="table to transform: Parquet file/directory or CSV")
+    p.add_argument(
+        "--out", required=True, help="output Parquet file (feature columns, plus the label if present)"
+    )
+    p.set_defaults(func=_transform)
+
+    p = sub.add_parser("show", help="summarise a fitted spec")
+    p.add_argument("--fitted", required=True, help="fitted spec (JSON)")
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser("transformers", help="list the available transformers")
+    p.set_defaults(func=_list_transformers)
+
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def read_table(path: str):
+    """Read a Parquet file/directory or a CSV file into a pandas DataFrame; CLIError on failure."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"data file not found: {path}")
+    name = p.name.lower()
+    try:
+        if p.is_dir() or name.endswith(PARQUET_SUFFIXES):
+            import pyarrow.parquet as pq
+
+            return pq.read_table(p).to_pandas()
+        if name.endswith(CSV_SUFFIXES):
+            return pd.read_csv(p, sep="\t" if name.endswith(".tsv") else ",", low_memory=False)
+    except CLIError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - name the file, never a traceback
+        raise CLIError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    raise CLIError(
+        f"cannot tell the format of {path}: use a Parquet file ({', '.join(PARQUET_SUFFIXES)}), a directory of "
+        f"Parquet files, or CSV ({', '.join(CSV_SUFFIXES)})"
+    )
+
+
+def _atomic_write(out: str, write) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file to ``out``; no partial output."""
+    target = Path(out)
+    if target.is_dir():
+        raise CLIError(f"output path is a directory: {out}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot create the output directory for {out}: {exc}") from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from airflow_ml_provider.ml.features import FeatureError, FeatureSpec, fit
+
+    try:
+        spec = FeatureSpec.from_yaml(Path(args.spec))
+    except FeatureError as exc:
+        raise CLIError(str(exc)) from None
+    df = read_table(args.data)
+    try:
+        fitted = fit(spec, df)
+    except FeatureError as exc:
+        raise CLIError(f"{args.data}: {exc}") from None
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(fitted.to_json(), encoding="utf-8")
+
+    _atomic_write(args.out, write)
+    print(
+        f"fitted {len(spec.features)} features on {len(df)} rows -> {fitted.n_outputs} columns; "
+        f"wrote {args.out} ({fitted.content_hash})"
+    )
+    return 0
+
+
+def _load_fitted(path: str):
+    from airflow_ml_provider.ml.features import FeatureError, FittedSpec
+
+    try:
+        return FittedSpec.load(path)
+    except FeatureError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _transform(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from airflow_ml_provider.ml.features import FeatureError
+
+    fitted = _load_fitted(args.fitted)
+    df = read_table(args.data)
+    try:
+        matrix = fitted.transform(df)
+    except FeatureError as exc:
+        raise CLIError(f"{args.data}: {exc}") from None
+    columns = {name: matrix[:, i] for i, name in enumerate(fitted.feature_names)}
+    table = pa.table(columns)
+    if fitted.label is not None and fitted.label in df.columns:
+        table = table.append_column(fitted.label, pa.array(df[fitted.label].to_numpy()))
+    metadata = {b"airflow_ml.fitted_spec_hash": fitted.content_hash.encode()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    _atomic_write(args.out, lambda tmp: pq.write_table(table, tmp))
+    print(f"transformed {len(df)} rows -> {matrix.shape[1]} columns; wrote {args.out}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    fitted = _load_fitted(args.fitted)
+    out = sys.stdout
+    print(f"fitted spec {args.fitted}", file=out)
+    print(f"  content hash: {fitted.content_hash}", file=out)
+    print(f"  format version: {fitted.format_version}", file=out)
+    print(f"  label: {fitted.label or '-'}", file=out)
+    print(f"  input columns: {', '.join(fitted.input_columns)}", file=out)
+    print(f"  output columns: {fitted.n_outputs}", file=out)
+    versions = fitted.transformer_versions()
+    for fdef in fitted.spec.features:
+        chain = " -> ".join(f"{name}@{ver}" for name, ver in versions[fdef.name])
+        print(f"  [{fdef.group}] {fdef.name} ({fdef.dtype}): {chain}", file=out)
+    return 0
+
+
+def _list_transformers(args: argparse.Namespace) -> int:
+    from airflow_ml_provider.ml.features import available_transformers, get_transformer_class
+
+    for name in available_transformers():
+        try:
+            cls = get_transformer_class(name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal
+            print(f"{name:14s} (cannot load: {exc})")
+            continue
+        inputs = "/".join(cls.input_kinds)
+        print(f"{name:14s} v{cls.version}  [{inputs}]  {cls.description}")
+    return 0
