@@ -29,10 +29,10 @@ from pathlib import Path
 
 __all__ = [
     "PropertiesError",
-    "iter_properties",
-    "parse_properties",
-    "load_properties",
     "dump_properties",
+    "iter_properties",
+    "load_properties",
+    "parse_properties",
 ]
 
 _NATURAL_LINE = re.compile(r"\r\n|\r|\n")
@@ -90,8 +90,7 @@ def iter_properties(text: str, *, source: str = "<string>") -> Iterator[tuple[st
 
     ``line`` is the 1-based number of the natural line where the entry starts.
     """
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     lines = _NATURAL_LINE.split(text)
     n = len(lines)
     i = 0
@@ -143,7 +142,9 @@ def load_properties(path: str | PathLike[str], *, encoding: str = "iso-8859-1") 
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise PropertiesError(f"not valid {encoding}: {exc.reason} at byte {exc.start}", source=str(p)) from exc
+        raise PropertiesError(
+            f"not valid {encoding}: {exc.reason} at byte {exc.start}", source=str(p)
+        ) from exc
     return parse_properties(text, source=str(p))
 
 

@@ -23,25 +23,25 @@ import heapq
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 __all__ = [
-    "FLOW_TYPE",
-    "STRUCTURAL_KEYS",
-    "STATUS_MACROS",
     "ERROR",
+    "FLOW_TYPE",
+    "STATUS_MACROS",
+    "STRUCTURAL_KEYS",
     "WARNING",
-    "Kind",
-    "Problem",
-    "PropsFile",
-    "Node",
+    "CycleError",
     "Edge",
     "Flow",
-    "Trigger",
-    "TriggerDependency",
+    "Kind",
+    "Node",
+    "Problem",
     "Project",
     "ProjectCounts",
-    "CycleError",
+    "PropsFile",
+    "Trigger",
+    "TriggerDependency",
     "resolve_static_props",
 ]
 
@@ -375,7 +375,9 @@ class Flow:
         Stops at an embedded flow that is already on the path (a reported cycle)."""
         yield from self._walk(prefix, frozenset())
 
-    def _walk(self, prefix: tuple[str, ...], on_path: frozenset[int]) -> Iterator[tuple[tuple[str, ...], Node]]:
+    def _walk(
+        self, prefix: tuple[str, ...], on_path: frozenset[int]
+    ) -> Iterator[tuple[tuple[str, ...], Node]]:
         on_path = on_path | {id(self)}
         for node in self.nodes.values():
             path = (*prefix, node.name)
@@ -514,7 +516,7 @@ class Project:
         if cleanup is not None:
             cleanup()
 
-    def __enter__(self) -> Project:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
