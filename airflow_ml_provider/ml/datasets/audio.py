@@ -25,8 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 __all__ = ["AudioDatasetSize", "TRAINING_QUERY", "TABLES", "generate_tables", "load_audio_dataset"]
 
 # A portable (SQLite / MySQL / Postgres) query producing one training row per play event.
@@ -114,6 +112,8 @@ def _categories() -> list[tuple[int, str, str]]:
 def generate_tables(size: AudioDatasetSize = AudioDatasetSize(), seed: int = 7,
                     event_chunk: int = 200_000) -> Iterator[tuple[str, list[str], list[tuple[Any, ...]]]]:
     """Yield ``(table, columns, rows)`` batches; play events come in chunks of ``event_chunk`` rows."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     cats = _categories()
     n_cat = len(cats)
@@ -217,11 +217,15 @@ def generate_tables(size: AudioDatasetSize = AudioDatasetSize(), seed: int = 7,
 
 
 def _city_probs() -> list[float]:
+    import numpy as np
+
     w = np.array([10, 10, 8, 8, 6, 6, 5, 4, 4, 4, 3, 3, 2, 2, 25], dtype=float)
     return list(w / w.sum())
 
 
 def _items_of_category(rng: np.random.Generator, i_cat: np.ndarray, cats: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     order = np.argsort(i_cat, kind="stable")
     sorted_cat = i_cat[order]
     lo = np.searchsorted(sorted_cat, cats, "left")

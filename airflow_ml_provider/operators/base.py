@@ -1,0 +1,273 @@
+"""The common base of this provider's ML operators.
+
+:class:`MLBaseOperator` gives every operator of the pipeline the same behaviour:
+
+* **disabled tasks.** Before any work it checks the run's ``disabled_tasks`` param
+  (:mod:`airflow_ml_provider.disabled_tasks`). A disabled task logs why, does nothing, pushes no
+  XCom, emits no asset event, and ends successfully so that downstream tasks proceed.
+* **URIs through XCom.** ``execute`` returns a small JSON dict of URIs and facts (pushed as the
+  ``return_value`` XCom); data never travels through XCom.
+* **the "latest output" pointer.** After a successful run the task writes its XCom value to
+  ``<storage_root>/runs/<dag_id>/latest/<task_id>.json``. When an upstream task pushed nothing in
+  this run (it was disabled), :meth:`MLBaseOperator.upstream` falls back to that pointer -- the
+  upstream's output from its last successful run -- and logs so. Without one the task fails with
+  a message saying which upstream to enable.
+* **locations.** ``storage_root`` (templated) defaults to ``$AIRFLOW_ML_STORAGE``, else
+  ``$AIRFLOW_ML_HOME/storage`` (``AIRFLOW_ML_HOME`` defaults to ``~/airflow-ml``). Each task writes
+  its output under ``<storage_root>/runs/<dag_id>/<run_id>/<task_id>/`` unless ``output_uri`` is set.
+
+Heavy libraries are imported inside ``execute`` only; importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_ml_provider.disabled_tasks import skip_if_disabled
+
+__all__ = ["MLBaseOperator", "default_storage_root", "default_registry", "ml_home", "safe_path_part"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def ml_home() -> str:
+    """``$AIRFLOW_ML_HOME`` or ``~/airflow-ml``: the root of the embedded default set-up."""
+    return os.environ.get("AIRFLOW_ML_HOME") or os.path.join(os.path.expanduser("~"), "airflow-ml")
+
+
+def default_storage_root() -> str:
+    """``$AIRFLOW_ML_STORAGE`` (any storage URI), else ``$AIRFLOW_ML_HOME/storage`` on local disk."""
+    return os.environ.get("AIRFLOW_ML_STORAGE") or os.path.join(ml_home(), "storage")
+
+
+def default_registry() -> str:
+    """``$AIRFLOW_ML_REGISTRY`` (a SQLAlchemy URL or an Airflow connection id), else SQLite in the home."""
+    return os.environ.get("AIRFLOW_ML_REGISTRY") or f"sqlite:///{os.path.join(ml_home(), 'registry.db')}"
+
+
+def safe_path_part(text: str) -> str:
+    """A run id or task id made safe as one path segment on every storage (HDFS forbids ':')."""
+    return _UNSAFE.sub("_", str(text)).strip("._") or "_"
+
+
+class MLBaseOperator(BaseOperator):
+    """Base class of the ML pipeline operators: disabled-task check, URIs, upstream outputs.
+
+    Subclasses implement :meth:`run` (not ``execute``).
+
+    :param storage_root: where artifacts go (``file:///...``, a local path, or
+        ``webhdfs://<conn_id>@/path``); default ``$AIRFLOW_ML_STORAGE`` or ``$AIRFLOW_ML_HOME/storage``.
+    :param output_uri: this task's output directory; default
+        ``<storage_root>/runs/<dag_id>/<run_id>/<task_id>``.
+    """
+
+    template_fields: Sequence[str] = ("storage_root", "output_uri")
+    ui_color = "#e8f4ea"
+
+    def __init__(self, *, storage_root: str | None = None, output_uri: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.storage_root = storage_root
+        self.output_uri = output_uri
+
+    # -- the template method -------------------------------------------------------------------
+
+    def execute(self, context: Any) -> Any:
+        if skip_if_disabled(context, self.task_id, self.log):
+            if self.outlets:
+                self.log.info("No output in this run, so no asset event is emitted for %s.", self.outlets)
+                self.outlets = []
+            return None
+        result = self.run(context)
+        if result is not None:
+            self._write_latest(context, result)
+        return result
+
+    def run(self, context: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- locations -----------------------------------------------------------------------------
+
+    def resolved_storage_root(self) -> str:
+        return str(self.storage_root or default_storage_root())
+
+    def run_dir_uri(self, context: Any) -> str:
+        from airflow_ml_provider.ml import storage
+
+        dag_id = _dag_id(context, self)
+        run_id = _run_id(context)
+        return storage.join(self.resolved_storage_root(), "runs", safe_path_part(dag_id), safe_path_part(run_id))
+
+    def resolved_output_uri(self, context: Any) -> str:
+        from airflow_ml_provider.ml import storage
+
+        if self.output_uri:
+            return str(self.output_uri)
+        return storage.join(self.run_dir_uri(context), safe_path_part(self.task_id))
+
+    def latest_pointer_uri(self, context: Any, task_id: str) -> str:
+        from airflow_ml_provider.ml import storage
+
+        return storage.join(
+            self.resolved_storage_root(), "runs", safe_path_part(_dag_id(context, self)), "latest",
+            f"{safe_path_part(task_id)}.json",
+        )
+
+    def _write_latest(self, context: Any, result: Any) -> None:
+        from airflow_ml_provider.ml import storage
+
+        try:
+            payload = json.dumps({"run_id": _run_id(context), "task_id": self.task_id, "output": result},
+                                 sort_keys=True, default=str).encode()
+            storage.write_bytes_atomic(self.latest_pointer_uri(context, self.task_id), payload)
+        except Exception as exc:  # noqa: BLE001 - the pointer is a convenience; the run's XCom is what counts
+            self.log.warning("Could not record the latest output of %s: %s", self.task_id, exc)
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def upstream(self, context: Any, task_id: str | None, *, required: bool = True) -> dict[str, Any] | None:
+        """The XCom ``return_value`` of ``task_id`` in this run, else its latest output (see module doc)."""
+        if not task_id:
+            return None
+        from airflow_ml_provider.ml import storage
+
+        ti = context.get("ti") or context.get("task_instance")
+        value = ti.xcom_pull(task_ids=task_id) if ti is not None else None
+        if value:
+            return value
+        pointer = self.latest_pointer_uri(context, task_id)
+        try:
+            found = storage.exists(pointer)
+        except Exception as exc:  # noqa: BLE001
+            self.log.warning("Cannot check %s: %s", pointer, exc)
+            found = False
+        if found:
+            data = json.loads(storage.read_bytes(pointer))
+            self.log.info(
+                "Upstream task %s produced no output in this run (disabled?); using its latest output, "
+                "from run %s (%s).", task_id, data.get("run_id"), pointer,
+            )
+            return data.get("output")
+        if required:
+            raise ValueError(
+                f"upstream task {task_id!r} produced no output in this run (is it in disabled_tasks?) and has "
+                f"no earlier output at {storage.mask_uri(pointer)}: enable it for this run"
+            )
+        return None
+
+    # -- local working copies ------------------------------------------------------------------
+
+    @staticmethod
+    def local_path(uri: str) -> str | None:
+        """The local filesystem path of a ``file://`` URI or a plain path, else None."""
+        text = str(uri)
+        if text.startswith("file://"):
+            return text[len("file://"):]
+        if "://" not in text:
+            return text
+        return None
+
+    def fetch_file(self, uri: str, workdir: str) -> str:
+        """A local path for the file at ``uri`` (the file itself when local, else a download)."""
+        local = self.local_path(uri)
+        if local is not None:
+            return local
+        from airflow_ml_provider.ml import storage
+
+        dest = Path(tempfile.mkdtemp(dir=workdir)) / Path(str(uri).rstrip("/")).name
+        dest.write_bytes(storage.read_bytes(uri))
+        return str(dest)
+
+    def fetch_dir(self, uri: str, workdir: str) -> str:
+        """A local path for the directory at ``uri`` (itself when local, else a download)."""
+        local = self.local_path(uri)
+        if local is not None:
+            return local
+        from airflow_ml_provider.ml import storage
+
+        return str(storage.get_dir(uri, Path(tempfile.mkdtemp(dir=workdir)) / "d"))
+
+    def publish_dir(self, local_dir: str | Path, uri: str) -> str:
+        """Put a finished local directory at ``uri`` atomically, replacing an earlier try's output."""
+        from airflow_ml_provider.ml import storage
+
+        if storage.exists(uri):
+            self.log.info("Replacing the output of an earlier try at %s", storage.mask_uri(uri))
+            storage.remove(uri, recursive=True)
+        storage.put_dir_atomic(local_dir, uri)
+        return str(uri)
+
+    @staticmethod
+    def workdir(prefix: str) -> tempfile.TemporaryDirectory:
+        return tempfile.TemporaryDirectory(prefix=f"aml-{prefix}-")
+
+    # -- typed coercion of rendered templates --------------------------------------------------
+
+    def as_float(self, name: str, value: Any, *, allow_none: bool = True) -> float | None:
+        if value is None or (isinstance(value, str) and value.strip() in ("", "None", "null")):
+            if allow_none:
+                return None
+            raise ValueError(f"{type(self).__name__}({self.task_id}): {name} is required")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{type(self).__name__}({self.task_id}): {name} must be a number, got {value!r}") from None
+
+    def as_int(self, name: str, value: Any, *, allow_none: bool = True) -> int | None:
+        f = self.as_float(name, value, allow_none=allow_none)
+        if f is None:
+            return None
+        if not float(f).is_integer():
+            raise ValueError(f"{type(self).__name__}({self.task_id}): {name} must be an integer, got {value!r}")
+        return int(f)
+
+    def as_obj(self, name: str, value: Any) -> Any:
+        """A rendered template holding JSON (lists, dicts) back as an object."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text[:1] in ("[", "{"):
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    import ast
+
+                    try:
+                        return ast.literal_eval(text)
+                    except (ValueError, SyntaxError):
+                        raise ValueError(
+                            f"{type(self).__name__}({self.task_id}): {name} is not valid JSON: {text[:80]!r}"
+                        ) from None
+            if text in ("", "None", "null"):
+                return None
+        return value
+
+
+def _dag_id(context: Mapping[str, Any], op: BaseOperator) -> str:
+    dag = context.get("dag")
+    if dag is not None and getattr(dag, "dag_id", None):
+        return dag.dag_id
+    ti = context.get("ti")
+    if ti is not None and getattr(ti, "dag_id", None):
+        return ti.dag_id
+    return getattr(op, "dag_id", None) or "no_dag"
+
+
+def _run_id(context: Mapping[str, Any]) -> str:
+    if context.get("run_id"):
+        return str(context["run_id"])
+    dag_run = context.get("dag_run")
+    if dag_run is not None and getattr(dag_run, "run_id", None):
+        return dag_run.run_id
+    return "manual"
+
+
+def copy_tree(src: str | Path, dst: str | Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -1,0 +1,306 @@
+"""EvaluateOperator: metrics, charts and the publish gates of a trained model.
+
+Scores the model of the training task (``input_task_id``) on a feature table (the ``test`` split by
+default), writes ``metrics.json`` and PNG charts (ROC, PR, KS, lift, gain, feature importance)
+beside it, and decides whether the model may be published:
+
+* **minimum / maximum metrics** -- from the operator's ``min_metrics`` / ``max_metrics``, overridden
+  by Airflow Variables (which the dictionary-table secrets backend serves from MySQL in
+  production; see :func:`gate_variable_names`):
+
+  - ``ml.<model>.gates`` -- one JSON variable:
+    ``{"min": {"auc": 0.7}, "max": {"logloss": 0.6}, "compare_on": "auc", "min_improvement": 0.0,
+    "champion": true}``;
+  - ``ml.<model>.min_<metric>`` / ``ml.<model>.max_<metric>`` -- one number each
+    (``ml.audio_listen_30s.min_auc = 0.72``), which win over the JSON variable;
+  - ``ml.<model>.min_improvement`` -- the champion/challenger margin.
+
+* **champion/challenger** -- the metrics of the model the registry currently serves
+  (``ModelRegistry.current(model)``) must not beat the new model on ``compare_on`` (``auc`` for
+  binary, ``rmse`` for regression) by more than ``-min_improvement``.
+
+The outcome is pushed in the XCom; the evaluate task itself succeeds either way. The publish task
+reads it and **skips** (it does not fail) when a gate failed, with the reasons in its log.
+
+XCom (``return_value``)::
+
+    {"uri": <dir>, "metrics_uri": <uri>, "charts_uri": <uri|null>, "metrics": {name: number},
+     "gate": {"passed": bool, "reasons": [...], "checks": [...]}, "model_name": ...,
+     "train": <the train task's XCom>}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow_ml_provider.operators.base import MLBaseOperator, default_registry
+
+__all__ = ["EvaluateOperator", "gate_variable_names"]
+
+_GATE_METRICS = ("auc", "ks", "logloss", "precision", "recall", "f1", "accuracy", "average_precision",
+                 "rmse", "mae", "r2", "mape")
+
+
+def gate_variable_names(model_name: str, prefix: str = "ml") -> dict[str, str]:
+    """The Airflow Variable keys the gates of ``model_name`` are read from."""
+    names = {"gates": f"{prefix}.{model_name}.gates", "min_improvement": f"{prefix}.{model_name}.min_improvement"}
+    for m in _GATE_METRICS:
+        names[f"min_{m}"] = f"{prefix}.{model_name}.min_{m}"
+        names[f"max_{m}"] = f"{prefix}.{model_name}.max_{m}"
+    return names
+
+
+class EvaluateOperator(MLBaseOperator):
+    """Evaluate a trained model: metrics JSON, PNG charts, gates (minimums + champion/challenger).
+
+    :param model_name: the registry name of the model (also names the gate Variables).
+    :param input_task_id: the training task whose XCom names the model and the feature tables.
+    :param model_uri: the model directory, overriding ``input_task_id``.
+    :param data_uri: the feature table to score, overriding the ``split`` of the preprocessing output.
+    :param split: which split to score: ``test`` (default) or ``valid``.
+    :param task: ``binary`` or ``regression``; default: the model's.
+    :param threshold: the decision threshold for precision/recall/F1 and the confusion matrix.
+    :param min_metrics: default minimums (``{"auc": 0.7}``); Variables override them.
+    :param max_metrics: default maximums (``{"logloss": 0.7}``); Variables override them.
+    :param compare_on: the champion/challenger metric (default ``auc`` / ``rmse``).
+    :param min_improvement: how much the challenger must beat the champion by (negative: tolerance).
+    :param champion: compare with the currently published model (default True).
+    :param registry: the model registry: a SQLAlchemy URL or an Airflow connection id; default
+        ``$AIRFLOW_ML_REGISTRY`` or SQLite under ``$AIRFLOW_ML_HOME``.
+    :param variable_prefix: prefix of the gate Variables (default ``ml``).
+    :param charts: draw the PNG charts (default True).
+    :param storage_root: see :class:`~airflow_ml_provider.operators.base.MLBaseOperator`.
+    :param output_uri: the output directory; default ``<storage_root>/runs/<dag>/<run>/<task>``.
+    """
+
+    template_fields: Sequence[str] = (
+        "model_name", "input_task_id", "model_uri", "data_uri", "split", "task", "threshold", "min_metrics",
+        "max_metrics", "compare_on", "min_improvement", "champion", "registry", "variable_prefix",
+        "storage_root", "output_uri",
+    )
+    template_fields_renderers = {"min_metrics": "json", "max_metrics": "json"}
+    ui_color = "#ece4fc"
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        input_task_id: str | None = "train",
+        model_uri: str | None = None,
+        data_uri: str | None = None,
+        split: str = "test",
+        task: str | None = None,
+        threshold: float | str = 0.5,
+        min_metrics: Mapping[str, Any] | str | None = None,
+        max_metrics: Mapping[str, Any] | str | None = None,
+        compare_on: str | None = None,
+        min_improvement: float | str = 0.0,
+        champion: bool | str = True,
+        registry: str | None = None,
+        variable_prefix: str = "ml",
+        charts: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.input_task_id = input_task_id
+        self.model_uri = model_uri
+        self.data_uri = data_uri
+        self.split = split
+        self.task = task
+        self.threshold = threshold
+        self.min_metrics = min_metrics
+        self.max_metrics = max_metrics
+        self.compare_on = compare_on
+        self.min_improvement = min_improvement
+        self.champion = champion
+        self.registry = registry
+        self.variable_prefix = variable_prefix
+        self.charts = charts
+
+    # -- gates ---------------------------------------------------------------------------------
+
+    def gate_config(self) -> dict[str, Any]:
+        """Minimums, maximums, compare_on, min_improvement, champion: operator args < Variables."""
+        cfg: dict[str, Any] = {
+            "min": dict(self.as_obj("min_metrics", self.min_metrics) or {}),
+            "max": dict(self.as_obj("max_metrics", self.max_metrics) or {}),
+            "compare_on": self.compare_on or None,
+            "min_improvement": self.as_float("min_improvement", self.min_improvement) or 0.0,
+            "champion": _as_bool(self.champion),
+        }
+        names = gate_variable_names(self.model_name, self.variable_prefix)
+        raw = _variable(names["gates"])
+        if raw is not None:
+            try:
+                data = json.loads(raw) if isinstance(raw, str) else raw
+            except ValueError as exc:
+                raise ValueError(f"Airflow Variable {names['gates']!r} is not valid JSON: {exc}") from None
+            if not isinstance(data, Mapping):
+                raise ValueError(f"Airflow Variable {names['gates']!r} must be a JSON object")
+            unknown = sorted(set(data) - {"min", "max", "compare_on", "min_improvement", "champion"})
+            if unknown:
+                raise ValueError(f"Airflow Variable {names['gates']!r}: unknown key(s) {unknown}; "
+                                 "known: min, max, compare_on, min_improvement, champion")
+            cfg["min"].update(data.get("min") or {})
+            cfg["max"].update(data.get("max") or {})
+            for key in ("compare_on", "min_improvement", "champion"):
+                if key in data:
+                    cfg[key] = data[key]
+            self.log.info("Gates from Variable %s: %s", names["gates"], data)
+        for m in _GATE_METRICS:
+            for kind in ("min", "max"):
+                value = _variable(names[f"{kind}_{m}"])
+                if value is not None:
+                    self.log.info("Gate from Variable %s = %s", names[f"{kind}_{m}"], value)
+                    # a minimum on a loss is written 'logloss>=' so the gates module accepts it
+                    key = m if kind == "max" or m not in ("logloss", "rmse", "mae", "mape") else f"{m}>="
+                    cfg[kind][key] = value
+        mi = _variable(names["min_improvement"])
+        if mi is not None:
+            cfg["min_improvement"] = mi
+        cfg["min_improvement"] = float(cfg["min_improvement"] or 0.0)
+        cfg["champion"] = _as_bool(cfg["champion"])
+        return cfg
+
+    def champion_metrics(self, cfg: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+        if not cfg["champion"]:
+            return None, None
+        from airflow_ml_provider.hooks.registry import resolve_registry_url
+        from airflow_ml_provider.ml.registry import ModelRegistry
+
+        reg = ModelRegistry(resolve_registry_url(self.registry or default_registry()))
+        try:
+            record = reg.current(self.model_name)
+        finally:
+            reg.dispose()
+        if record is None:
+            return None, None
+        return dict(record.metrics or {}), record
+
+    # -- run -----------------------------------------------------------------------------------
+
+    def run(self, context: Any) -> dict[str, Any]:
+        import numpy as np
+
+        from airflow_ml_provider.ml import storage
+        from airflow_ml_provider.ml.feature_table import read_feature_table
+        from airflow_ml_provider.ml.gates import evaluate_gates
+        from airflow_ml_provider.ml.metrics import compute_metrics
+        from airflow_ml_provider.ml.trainers import load_predictor
+
+        train = None
+        model_uri, data_uri = self.model_uri, self.data_uri
+        if not model_uri or not data_uri:
+            train = self.upstream(context, self.input_task_id)
+            model_uri = model_uri or train["uri"]
+            prep = train.get("preprocess") or {}
+            data_uri = data_uri or prep.get(self.split) or prep.get("valid")
+        if not data_uri:
+            raise ValueError(f"EvaluateOperator({self.task_id}): no {self.split} feature table to score (set data_uri)")
+        threshold = self.as_float("threshold", self.threshold, allow_none=False)
+        out_uri = self.resolved_output_uri(context)
+        with self.workdir("evaluate") as tmp:
+            model_dir = self.fetch_dir(model_uri, tmp)
+            predictor = load_predictor(None, model_dir)
+            ds = read_feature_table(self.fetch_file(data_uri, tmp))
+            if ds.y is None:
+                raise ValueError(f"EvaluateOperator({self.task_id}): {data_uri} has no label column")
+            if ds.n_rows == 0:
+                raise ValueError(f"EvaluateOperator({self.task_id}): {data_uri} has no rows")
+            scores = np.asarray(predictor.predict(ds.X))
+            task = self.task or getattr(predictor, "task", None) or "binary"
+            metrics = compute_metrics(ds.y, scores, task=task, threshold=threshold)
+            metrics["task"] = task
+            metrics["n_rows"] = int(ds.n_rows)
+            metrics["data_uri"] = data_uri
+            local = Path(tmp) / "out"
+            local.mkdir()
+            try:
+                importance = predictor.feature_importance()
+            except Exception:  # noqa: BLE001 - not every model has one
+                importance = {}
+            chart_files = self._charts(ds.y, scores, task, importance, local / "charts") if self.charts else []
+            (local / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2, sort_keys=True))
+            numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self.log.info("Metrics on %s (%d rows): %s", self.split, ds.n_rows,
+                          ", ".join(f"{k}={v:.6g}" for k, v in sorted(numeric.items())))
+
+            cfg = self.gate_config()
+            champ, record = self.champion_metrics(cfg)
+            if record is not None:
+                self.log.info("Champion: %s version %s (%s)", record.name, record.version, record.bundle_uri)
+            result = evaluate_gates(
+                metrics, cfg["min"], champion_metrics=champ, compare_on=cfg["compare_on"],
+                min_improvement=cfg["min_improvement"], maximums=cfg["max"],
+            )
+            for line in result.checks:
+                self.log.info("gate: %s", line)
+            if result.passed:
+                self.log.info("All gates passed: the model may be published.")
+            else:
+                self.log.warning("Gates FAILED, the model will not be published: %s", "; ".join(result.reasons))
+            gate = {"passed": bool(result.passed), "reasons": list(result.reasons), "checks": list(result.checks),
+                    "champion_version": record.version if record is not None else None, "config": cfg}
+            (local / "gate.json").write_text(json.dumps(_json_safe(gate), indent=2, sort_keys=True))
+            self.publish_dir(local, out_uri)
+        return {
+            "uri": out_uri,
+            "metrics_uri": storage.join(out_uri, "metrics.json"),
+            "charts_uri": storage.join(out_uri, "charts") if chart_files else None,
+            "charts": chart_files,
+            "metrics": _json_safe(numeric),
+            "gate": _json_safe(gate),
+            "model_name": self.model_name,
+            "train": train if train is not None else {"uri": model_uri, "preprocess": {self.split: data_uri}},
+        }
+
+    def _charts(self, y: Any, scores: Any, task: str, importance: Mapping[str, float], out: Path) -> list[str]:
+        """Draw the PNG charts into ``out``; returns their file names."""
+        try:
+            from airflow_ml_provider.ml import charts
+        except ImportError:
+            self.log.warning("airflow_ml_provider.ml.charts is not available: no charts")
+            return []
+        out.mkdir(parents=True, exist_ok=True)
+        written = charts.write_charts(out, y, scores, importance=importance or None, task=task)
+        names = [Path(p).name for p in written]
+        self.log.info("Charts: %s", ", ".join(names))
+        return names
+
+
+def _variable(key: str) -> Any:
+    from airflow.sdk import Variable
+
+    try:
+        return Variable.get(key, default=None)
+    except Exception as exc:  # noqa: BLE001 - KeyError / AirflowRuntimeError when absent
+        if type(exc).__name__ in ("KeyError", "AirflowRuntimeError", "VariableNotFound"):
+            return None
+        raise
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _json_safe(value: Any) -> Any:
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return _json_safe(value.item())
+        except (TypeError, ValueError):
+            return str(value)
+    return value

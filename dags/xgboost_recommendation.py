@@ -1,0 +1,122 @@
+"""The classic recommendation pipeline: sample -> preprocess -> train -> evaluate -> publish.
+
+Learns "will this user listen to this audio item for more than 30 seconds" from the synthetic
+audio-platform data set (:mod:`airflow_ml_provider.ml.datasets.audio`: users, hosts, categories,
+audio items, play events), and publishes the model when it passes its gates.
+
+Trigger form: the sampling ratio, the seed, the split, the XGBoost hyperparameters, and
+``disabled_tasks`` (task ids to skip in this run, e.g. ``["sample"]`` to re-use the last sample).
+
+Locations (environment variables; the defaults give the embedded set-up, SQLite + local disk):
+
+* ``AIRFLOW_ML_HOME`` -- default ``~/airflow-ml``: ``audio.db``, ``registry.db``, ``storage/``;
+* ``AIRFLOW_ML_SOURCE_CONN_ID`` -- the Airflow SQL connection holding the play events (e.g. a MySQL
+  connection in production). Unset: ``ml_audio_sqlite``, defined here as
+  ``$AIRFLOW_ML_HOME/audio.db`` unless ``AIRFLOW_CONN_ML_AUDIO_SQLITE`` is already set;
+* ``AIRFLOW_ML_STORAGE`` -- artifact storage (``webhdfs://hdfs_default@/ml`` in production);
+* ``AIRFLOW_ML_REGISTRY`` -- the model registry (a SQLAlchemy URL or an Airflow connection id);
+* ``AIRFLOW_ML_MODEL_NAME`` -- default ``audio_listen_30s``.
+
+Gates: ``min_metrics`` below, overridden by the Airflow Variables ``ml.<model>.gates`` (JSON) and
+``ml.<model>.min_auc`` etc. (see docs/pipeline.md); plus the champion/challenger comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+
+from airflow.sdk import DAG, Param
+
+from airflow_ml_provider.disabled_tasks import disabled_tasks_param
+from airflow_ml_provider.ml.datasets.audio import TRAINING_QUERY
+from airflow_ml_provider.operators.evaluate import EvaluateOperator
+from airflow_ml_provider.operators.preprocess import PreprocessOperator
+from airflow_ml_provider.operators.publish import PublishModelOperator
+from airflow_ml_provider.operators.sample import SampleOperator
+from airflow_ml_provider.operators.train import XGBoostTrainOperator
+
+ML_HOME = os.environ.get("AIRFLOW_ML_HOME") or os.path.join(os.path.expanduser("~"), "airflow-ml")
+MODEL_NAME = os.environ.get("AIRFLOW_ML_MODEL_NAME", "audio_listen_30s")
+SOURCE_CONN_ID = os.environ.get("AIRFLOW_ML_SOURCE_CONN_ID") or "ml_audio_sqlite"
+if SOURCE_CONN_ID == "ml_audio_sqlite":
+    # the embedded default: the SQLite file the demo generates (a real connection of that id wins
+    # only if it is given as AIRFLOW_CONN_ML_AUDIO_SQLITE; use AIRFLOW_ML_SOURCE_CONN_ID otherwise)
+    os.environ.setdefault(
+        "AIRFLOW_CONN_ML_AUDIO_SQLITE",
+        json.dumps({"conn_type": "sqlite", "host": os.path.join(ML_HOME, "audio.db")}),
+    )
+
+with DAG(
+    dag_id="xgboost_recommendation",
+    description="sample -> preprocess -> train -> evaluate -> publish (XGBoost, listened > 30 s)",
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    tags=["ml", "xgboost", "recommendation"],
+    doc_md=__doc__,
+    render_template_as_native_obj=True,
+    max_active_runs=1,
+    params={
+        "sample_ratio": Param(1.0, type="number", minimum=0.0001, maximum=1.0, title="Sampling ratio",
+                              description="Keep each play event with this probability."),
+        "seed": Param(42, type="integer", title="Seed", description="Seed of the sample and of the split."),
+        "split_by": Param("group", type="string", enum=["group", "random", "time"], title="Split",
+                          description="group: by user id (a user never spans two splits); random; "
+                          "time: by event time (older -> train, newer -> test)."),
+        "min_event_ts": Param(0, type="integer", title="Events from (epoch seconds)",
+                              description="Only play events at or after this time (a bound parameter)."),
+        "eta": Param(0.1, type="number", minimum=0.0001, maximum=1.0, title="eta (learning rate)"),
+        "max_depth": Param(6, type="integer", minimum=1, maximum=16, title="max_depth"),
+        "num_boost_round": Param(200, type="integer", minimum=1, maximum=5000, title="Boosting rounds"),
+        "early_stopping_rounds": Param(20, type="integer", minimum=0, title="Early stopping rounds",
+                                       description="0 disables early stopping."),
+        "tree_method": Param("hist", type="string", enum=["hist", "approx", "exact"], title="tree_method"),
+        "device": Param("cpu", type="string", enum=["cpu", "cuda"], title="Device",
+                        description="cuda trains on a GPU (passed to XGBoost unchanged)."),
+        "nthread": Param(2, type="integer", minimum=1, title="Threads"),
+        "disabled_tasks": disabled_tasks_param(),
+    },
+) as dag:
+    sample = SampleOperator(
+        task_id="sample",
+        conn_id=SOURCE_CONN_ID,
+        sql=TRAINING_QUERY,
+        parameters={"start_ts": "{{ params.min_event_ts }}"},
+        ratio="{{ params.sample_ratio }}",
+        seed="{{ params.seed }}",
+        split_by="{{ params.split_by }}",
+        split_ratios=[0.8, 0.1, 0.1],
+        group_column="user_id",
+        time_column="event_ts",
+        key_column="event_id",
+    )
+    preprocess = PreprocessOperator(
+        task_id="preprocess",
+        spec="specs/audio_recommendation.yaml",
+        keep_columns=["event_id", "user_id"],
+    )
+    train = XGBoostTrainOperator(
+        task_id="train",
+        objective="binary:logistic",
+        eta="{{ params.eta }}",
+        max_depth="{{ params.max_depth }}",
+        num_boost_round="{{ params.num_boost_round }}",
+        early_stopping_rounds="{{ params.early_stopping_rounds }}",
+        eval_metric=["logloss", "auc"],
+        tree_method="{{ params.tree_method }}",
+        device="{{ params.device }}",
+        nthread="{{ params.nthread }}",
+        seed="{{ params.seed }}",
+        log_every=10,
+    )
+    evaluate = EvaluateOperator(
+        task_id="evaluate",
+        model_name=MODEL_NAME,
+        split="test",
+        min_metrics={"auc": 0.6},
+    )
+    publish = PublishModelOperator(task_id="publish", model_name=MODEL_NAME)
+
+    sample >> preprocess >> train >> evaluate >> publish
