@@ -37,5 +37,10 @@ def get_provider_info() -> dict[str, Any]:
         "plugins": [
             {"name": "airflow_ml", "plugin-class": "airflow_ml_provider.plugins.ml_plugin.AirflowMLPlugin"}
         ],
-        "connection-types": [],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_ml_provider.hooks.registry.ModelRegistryHook",
+                "connection-type": "ml_registry",
+            },
+        ],
     }

@@ -395,6 +395,9 @@ def test_url_helpers():
         "reg",
     )
     assert url_from_connection("sqlite", host="/tmp/r.db").database == "/tmp/r.db"
+    assert url_from_connection("ml_registry", host="db", schema="reg").render_as_string() == (
+        "mysql+pymysql://db/reg?charset=utf8mb4"
+    )
     assert (
         url_from_connection("postgres", extra={"sqlalchemy_url": "sqlite:////tmp/a.db"}).database
         == "/tmp/a.db"
@@ -469,3 +472,12 @@ def test_hook_builds_a_registry_from_an_airflow_connection(monkeypatch, tmp_path
     from airflow.sdk import BaseHook
 
     assert issubclass(ModelRegistryHook, BaseHook)
+
+
+def test_the_provider_registers_the_ml_registry_connection_type():
+    from airflow_ml_provider.get_provider_info import get_provider_info
+
+    assert {
+        "hook-class-name": "airflow_ml_provider.hooks.registry.ModelRegistryHook",
+        "connection-type": "ml_registry",
+    } in get_provider_info()["connection-types"]

@@ -125,7 +125,7 @@ def url_from_connection(
     """Turn the fields of an Airflow-style connection into a SQLAlchemy URL.
 
     * ``extra["sqlalchemy_url"]`` (any conn type) wins;
-    * ``mysql`` / ``mariadb``: ``mysql+pymysql://login:password@host:port/schema``;
+    * ``mysql`` / ``mariadb`` / ``ml_registry``: ``mysql+pymysql://login:password@host:port/schema``;
     * ``sqlite``: the database file is ``host`` (Airflow's convention) or else ``schema``;
       an empty path means an in-memory database.
     """
@@ -133,7 +133,7 @@ def url_from_connection(
     if extra.get("sqlalchemy_url"):
         return normalize_url(str(extra["sqlalchemy_url"]))
     kind = (conn_type or "").lower().replace("-", "_")
-    if kind in ("mysql", "mariadb", "mysql+pymysql"):
+    if kind in ("mysql", "mariadb", "mysql+pymysql", "ml_registry"):
         query = {"charset": str(extra.get("charset") or "utf8mb4")}
         if extra.get("unix_socket"):
             query["unix_socket"] = str(extra["unix_socket"])
