@@ -99,17 +99,24 @@ def render_dag(plan: DagPlan, resource_dir: str) -> str:
         for member in group.members:
             if isinstance(member, GroupPlan):
                 uses_group = True
-                var = names.make(member.name, "g")
-                vars_by_name[member.name] = var
-                args = [py_literal(member.name)]
-                if member.flow_props:
-                    args.append(
-                        f"default_args={{{py_literal('flow_props')}: {py_literal(member.flow_props)}}}"
-                    )
-                body.append(f"{indent}with TaskGroup({', '.join(args)}) as {var}:")
-                inner: dict[str, str] = {}
+                # a group whose only member is a group: one `with` for both (ruff SIM117)
+                chain = [member]
+                while len(chain[-1].members) == 1 and isinstance(chain[-1].members[0], GroupPlan):
+                    chain.append(chain[-1].members[0])
+                items = []
+                for g in chain:
+                    var = names.make(g.name, "g")
+                    if g is member:
+                        vars_by_name[g.name] = var
+                    args = [py_literal(g.name)]
+                    if g.flow_props:
+                        args.append(
+                            f"default_args={{{py_literal('flow_props')}: {py_literal(g.flow_props)}}}"
+                        )
+                    items.append(f"TaskGroup({', '.join(args)}) as {var}")
+                body.append(f"{indent}with {', '.join(items)}:")
                 before = len(body)
-                emit_group(member, indent + "    ", inner)
+                emit_group(chain[-1], indent + "    ", {})
                 if len(body) == before:
                     body.append(f"{indent}    pass")
                 continue
@@ -218,17 +225,14 @@ def format_files(paths: Sequence[Path]) -> tuple[bool, str]:
     if cmd is None:
         return True, "ruff not found: the DAG files were not run through `ruff format`"
     files = [str(p) for p in paths]
-    fmt = subprocess.run(
-        [*cmd, "format", "--isolated", "--quiet", *files], check=False, capture_output=True, text=True
-    )
-    if fmt.returncode != 0:
-        return False, (fmt.stdout + fmt.stderr).strip()
-    chk = subprocess.run(
-        [*cmd, "check", "--isolated", "--quiet", "--output-format", "concise", *files],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if chk.returncode != 0:
-        return False, (chk.stdout + chk.stderr).strip()
+    steps = [
+        ["format", "--isolated", "--quiet"],
+        ["check", "--isolated", "--quiet", "--fix", "--exit-zero"],  # safe fixes only
+        ["format", "--isolated", "--quiet"],
+        ["check", "--isolated", "--quiet", "--output-format", "concise"],
+    ]
+    for step in steps:
+        proc = subprocess.run([*cmd, *step, *files], check=False, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return False, (proc.stdout + proc.stderr).strip()
     return True, ""
