@@ -605,12 +605,22 @@ class ModelRegistry:
         validate_model_name(name)
 
         def fn(conn: sa.Connection) -> ModelRecord | None:
-            event = self._current_event(conn, name)
-            if event is None:
-                return None
-            return self._get(conn, name, event.version)
+            return self._current(conn, name)
 
         return self._read("reading the current version", fn, None)
+
+    def _current(self, conn: sa.Connection, name: str) -> ModelRecord | None:
+        # One round trip: the publish row whose version the newest serving event names.
+        t, s = self.publish_table, self.serving_table
+        newest = (
+            sa.select(s.c.version)
+            .where(s.c.model_name == name)
+            .order_by(s.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        row = conn.execute(sa.select(t).where(t.c.model_name == name, t.c.version == newest)).first()
+        return self._record(row) if row is not None else None
 
     def current_many(self, names: Iterable[str]) -> dict[str, ModelRecord | None]:
         """:meth:`current` for several models in one connection."""
@@ -619,8 +629,7 @@ class ModelRegistry:
         def fn(conn: sa.Connection) -> dict[str, ModelRecord | None]:
             out: dict[str, ModelRecord | None] = {}
             for n in names:
-                event = self._current_event(conn, n)
-                out[n] = self._get(conn, n, event.version) if event else None
+                out[n] = self._current(conn, n)
             return out
 
         return self._read("reading the current versions", fn, {n: None for n in names})
