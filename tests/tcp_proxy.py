@@ -2,7 +2,8 @@
 
 ``TcpProxy(upstream_host, upstream_port)`` listens on 127.0.0.1 (a free port). ``close()`` cuts
 every open connection and stops listening, so the next connect is refused: the database "goes
-away" mid-run. ``blackhole=True`` accepts connections but never forwards a byte (a server that
+away" mid-run. ``port=`` binds a given port (to bring the "database" back on the same address).
+``blackhole=True`` accepts connections but never forwards a byte (a server that
 hangs), to show that a lookup gives up after the connect timeout instead of hanging.
 """
 
@@ -13,13 +14,16 @@ import threading
 
 
 class TcpProxy:
-    def __init__(self, upstream_host: str, upstream_port: int, *, blackhole: bool = False) -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, *, blackhole: bool = False, port: int = 0
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.blackhole = blackhole
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind(("127.0.0.1", port))
         self._listener.listen(64)
+        self._listener.settimeout(0.05)  # the accept loop polls, so close() really stops listening
         self.port = self._listener.getsockname()[1]
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -41,6 +45,7 @@ class TcpProxy:
         if self._closed.is_set():
             return
         self._closed.set()
+        self._thread.join(timeout=5)  # the accept loop leaves within one poll
         try:
             self._listener.close()
         except OSError:
@@ -54,7 +59,6 @@ class TcpProxy:
             except OSError:
                 pass
             s.close()
-        self._thread.join(timeout=5)
 
     @property
     def closed(self) -> bool:
@@ -79,8 +83,11 @@ class TcpProxy:
         while not self._closed.is_set():
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             if not self._track(client):
                 client.close()
                 return

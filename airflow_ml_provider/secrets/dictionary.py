@@ -68,7 +68,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_TTL_SECONDS = 60.0
 DEFAULT_STALE_GRACE_SECONDS = 300.0
 DEFAULT_CONNECT_TIMEOUT = 3.0
-DEFAULT_QUERY_TIMEOUT = 10.0
 #: After a failed refresh, wait this long (at most) before trying the database again, so a
 #: dead database costs one connect timeout per interval rather than one per lookup.
 MAX_RETRY_INTERVAL = 5.0
@@ -129,7 +128,8 @@ class DictionaryTableBackend(BaseSecretsBackend):
     :param stale_grace_seconds: while the database is unreachable, keep serving a snapshot
         this young, with a warning (default 300); past it, lookups raise.
     :param connect_timeout: seconds before a connection attempt fails, at most 5 (default 3).
-    :param query_timeout: seconds before a read on an open connection fails (default 10).
+    :param query_timeout: seconds before a read on an open connection fails (MySQL drivers);
+        default: the connect timeout.
     """
 
     def __init__(
@@ -140,7 +140,7 @@ class DictionaryTableBackend(BaseSecretsBackend):
         cache_ttl_seconds: float | str = DEFAULT_CACHE_TTL_SECONDS,
         stale_grace_seconds: float | str = DEFAULT_STALE_GRACE_SECONDS,
         connect_timeout: float | str = DEFAULT_CONNECT_TIMEOUT,
-        query_timeout: float | str = DEFAULT_QUERY_TIMEOUT,
+        query_timeout: float | str | None = None,
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -168,7 +168,11 @@ class DictionaryTableBackend(BaseSecretsBackend):
         self.connect_timeout = _number(
             "connect_timeout", connect_timeout, minimum=0.001, maximum=MAX_CONNECT_TIMEOUT
         )
-        self.query_timeout = _number("query_timeout", query_timeout, minimum=0.001)
+        # Every read on the connection (the server greeting included) is bounded too: by default by
+        # the connect timeout, so a server that accepts and then stays silent cannot hang a lookup.
+        self.query_timeout = (
+            self.connect_timeout if query_timeout is None else _number("query_timeout", query_timeout, minimum=0.001)
+        )
         self._store: DictionaryStore | None = None  # built at the first lookup: creating a backend is free
         self._cache_key = (sql_alchemy_conn, self.table, self.key_prefix)
 
