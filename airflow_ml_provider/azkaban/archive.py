@@ -12,6 +12,8 @@ Extraction never writes outside its private destination directory. Every entry i
 Errors are :class:`ArchiveError` and name the archive and the entry.
 ``__MACOSX/`` folders and Azkaban's ``___azkaban_project_dir_size_in_bytes___`` marker are
 ignored. When everything sits in one top-level folder, that folder is the project root.
+:func:`open_project_archive` keeps the small definition files (``.job``, ``.flow``,
+``.project``) in memory, so a 7,000-job project is not written to disk file by file.
 Pure: no Airflow import.
 """
 
@@ -31,11 +33,13 @@ __all__ = [
     "IGNORED_FILES",
     "ArchiveError",
     "ArchiveLimits",
+    "ProjectFiles",
     "ProjectLoadError",
     "extract_archive",
     "is_archive",
     "is_ignored",
     "list_project_files",
+    "open_project_archive",
 ]
 
 #: directory names skipped anywhere in a project
@@ -177,85 +181,153 @@ def _check_entries(entries: list[_Entry], archive: str, limits: ArchiveLimits) -
     return kept
 
 
-def _write(src, dest_root: Path, e: _Entry, archive: str, budget: list[int], limits: ArchiveLimits) -> None:
-    target = dest_root.joinpath(*e.parts)
-    # defence in depth: the resolved target must stay inside dest_root
-    resolved_parent = target.parent.resolve()
-    if resolved_parent != dest_root and dest_root not in resolved_parent.parents:
-        raise ArchiveError(archive, "path escapes the project directory", e.name)
-    if e.is_dir:
-        target.mkdir(parents=True, exist_ok=True)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(target, flags, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        while True:
-            chunk = src.read(_CHUNK)
-            if not chunk:
-                break
-            budget[0] += len(chunk)
-            if budget[0] > limits.max_total_bytes:
-                raise ArchiveError(
-                    archive,
-                    f"archive expands past the size limit of {limits.max_total_bytes} bytes",
-                    e.name,
-                )
-            out.write(chunk)
+def _read_limited(src, e: _Entry, archive: str, budget: list[int], limits: ArchiveLimits) -> Iterator[bytes]:
+    """Yield the entry's bytes in chunks, enforcing the total size limit on the real bytes."""
+    while True:
+        chunk = src.read(_CHUNK)
+        if not chunk:
+            return
+        budget[0] += len(chunk)
+        if budget[0] > limits.max_total_bytes:
+            raise ArchiveError(
+                archive,
+                f"archive expands past the size limit of {limits.max_total_bytes} bytes",
+                e.name,
+            )
+        yield chunk
 
 
-def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits | None = None) -> Path:
-    """Extract ``archive`` into the (empty, private) directory ``dest`` and return the project root.
+class ProjectFiles:
+    """Read access to a project's files, from disk or (for archives) partly from memory.
 
-    The root is ``dest`` itself, or the single top-level folder when everything sits in one.
+    :param root: the directory holding the files on disk.
+    :param files: every project file as a project-relative posix path, sorted.
+    :param memory: contents kept in memory instead of on disk (archives keep the ``.job``,
+        ``.flow`` and ``.project`` definitions there, so thousands of tiny files are not written).
+    """
+
+    def __init__(self, root: Path, files: list[str], memory: dict[str, bytes] | None = None) -> None:
+        self.root = root
+        self.files = files
+        self.memory = memory or {}
+
+    def read_bytes(self, rel: str) -> bytes:
+        data = self.memory.get(rel)
+        if data is not None:
+            return data
+        return (self.root / rel).read_bytes()
+
+
+#: definition files an archive keeps in memory only (never needed on disk by a migration)
+MEMORY_ONLY_SUFFIXES = (".job", ".flow", ".project")
+#: definition files an archive keeps in memory *and* writes (scripts may read them)
+MEMORY_TOO_SUFFIXES = (".properties",)
+
+
+def _open_archive(archive: Path):
+    lower = archive.name.lower()
+    if lower.endswith(".zip") or (not lower.endswith(_ARCHIVE_SUFFIXES) and zipfile.is_zipfile(archive)):
+        zf = zipfile.ZipFile(archive)
+        return zf, _zip_entries, lambda e: zf.open(e.ref)
+    tf = tarfile.open(archive, mode="r:*")  # noqa: SIM115 - the caller closes it (with handle:)
+    return tf, _tar_entries, lambda e: tf.extractfile(e.ref)
+
+
+def open_project_archive(
+    archive: Path, dest: Path, limits: ArchiveLimits | None = None, *, in_memory: bool = True
+) -> ProjectFiles:
+    """Safely unpack ``archive`` for loading: resource files go under ``dest`` (a fresh private
+    directory), definition files (``.job``, ``.flow``, ``.project``) stay in memory when
+    ``in_memory`` (the default), ``.properties`` files go to both.
+
+    When every entry sits in one top-level folder, that folder is the project root.
 
     :raises ArchiveError: unsafe entry (absolute path, ``..``, link, device), duplicate entry,
-        size / entry-count limit exceeded, or an unreadable archive. Nothing is written when the
-        names are unsafe; ``dest`` may hold a partial extraction when a size limit trips during
-        writing (callers extract into a temporary directory they remove).
+        size / entry-count limit exceeded, or an unreadable archive. All names are checked
+        before anything is written; ``dest`` may hold a partial extraction when a size limit
+        trips while writing (callers extract into a temporary directory they remove).
     """
     limits = limits or ArchiveLimits()
     label = archive.name
+    dest.mkdir(parents=True, exist_ok=True)
     dest_root = dest.resolve()
-    dest_root.mkdir(parents=True, exist_ok=True)
     budget = [0]
-    lower = archive.name.lower()
+    memory: dict[str, bytes] = {}
+    files: list[str] = []
     try:
-        if lower.endswith(".zip") or (not lower.endswith(_ARCHIVE_SUFFIXES) and zipfile.is_zipfile(archive)):
-            with zipfile.ZipFile(archive) as zf:
-                entries = _check_entries(list(_zip_entries(zf, label)), label, limits)
-                for e in entries:
-                    if e.is_dir:
-                        _write(None, dest_root, e, label, budget, limits)
-                        continue
-                    with zf.open(e.ref) as src:  # type: ignore[arg-type]
-                        _write(src, dest_root, e, label, budget, limits)
-        else:
-            with tarfile.open(archive, mode="r:*") as tf:
-                entries = _check_entries(list(_tar_entries(tf, label)), label, limits)
-                for e in entries:
-                    if e.is_dir:
-                        _write(None, dest_root, e, label, budget, limits)
-                        continue
-                    src = tf.extractfile(e.ref)  # type: ignore[arg-type]
-                    if src is None:
-                        raise ArchiveError(label, "cannot read entry", e.name)
-                    with src:
-                        _write(src, dest_root, e, label, budget, limits)
+        handle, lister, opener = _open_archive(archive)
+        with handle:
+            entries = _check_entries(list(lister(handle, label)), label, limits)
+            strip = _top_folder_depth(entries)
+            made_dirs: set[tuple[str, ...]] = set()
+            for e in entries:
+                parts = e.parts[strip:]
+                if not parts:
+                    continue
+                if e.is_dir:
+                    _mkdirs(dest_root, parts, made_dirs)
+                    continue
+                rel = "/".join(parts)
+                files.append(rel)
+                src = opener(e)
+                if src is None:
+                    raise ArchiveError(label, "cannot read entry", e.name)
+                with src:
+                    lower = rel.lower()
+                    if in_memory and lower.endswith(MEMORY_ONLY_SUFFIXES + MEMORY_TOO_SUFFIXES):
+                        data = b"".join(_read_limited(src, e, label, budget, limits))
+                        memory[rel] = data
+                        if lower.endswith(MEMORY_ONLY_SUFFIXES):
+                            continue
+                        chunks: Iterator[bytes] = iter((data,))
+                    else:
+                        chunks = _read_limited(src, e, label, budget, limits)
+                    _mkdirs(dest_root, parts[:-1], made_dirs)
+                    target = os.path.join(dest_root, *parts)
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                    fd = os.open(target, flags | getattr(os, "O_BINARY", 0), 0o644)
+                    with os.fdopen(fd, "wb") as out:
+                        for chunk in chunks:
+                            out.write(chunk)
     except ArchiveError:
         raise
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise ArchiveError(label, f"not a readable archive: {exc}") from exc
     except (OSError, RuntimeError, NotImplementedError, ValueError) as exc:
         raise ArchiveError(label, f"cannot extract: {exc}") from exc
-    return _single_top_folder(dest_root)
+    files.sort(key=lambda r: tuple(r.split("/")))
+    return ProjectFiles(dest_root, files, memory)
 
 
-def _single_top_folder(root: Path) -> Path:
-    children = [c for c in root.iterdir() if c.name not in IGNORED_DIRS and c.name not in IGNORED_FILES]
-    if len(children) == 1 and children[0].is_dir() and not children[0].is_symlink():
-        return children[0]
-    return root
+def _mkdirs(dest_root: Path, parts: tuple[str, ...], made: set[tuple[str, ...]]) -> None:
+    for i in range(1, len(parts) + 1):
+        key = parts[:i]
+        if key in made:
+            continue
+        path = os.path.join(dest_root, *key)
+        if os.path.islink(path):  # never follow a link (none can exist: we create only dirs/files)
+            raise ArchiveError(dest_root.name, "refusing to write through a symbolic link", "/".join(key))
+        os.makedirs(path, exist_ok=True)
+        made.add(key)
+
+
+def _top_folder_depth(entries: list[_Entry]) -> int:
+    """1 when every entry sits under one top-level folder (stripped), else 0."""
+    tops = {e.parts[0] for e in entries if e.parts}
+    if len(tops) != 1:
+        return 0
+    if any(len(e.parts) == 1 and not e.is_dir for e in entries):
+        return 0
+    return 1
+
+
+def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits | None = None) -> Path:
+    """Safely extract every file of ``archive`` under ``dest`` and return ``dest`` (a single
+    top-level folder holding everything is flattened: its content lands directly in ``dest``).
+
+    :raises ArchiveError: as :func:`open_project_archive`.
+    """
+    return open_project_archive(archive, dest, limits, in_memory=False).root
 
 
 def list_project_files(root: Path) -> list[str]:

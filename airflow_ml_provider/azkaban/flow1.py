@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from pathlib import Path, PurePosixPath
 
+from airflow_ml_provider.azkaban.archive import ProjectFiles
 from airflow_ml_provider.azkaban.model import (
     ERROR,
     FLOW_TYPE,
@@ -49,11 +49,10 @@ def split_dependencies(value: str | None) -> list[str]:
 
 
 def _read_props(
-    root: Path, rel: str, problems: list[Problem]
+    reader: ProjectFiles, rel: str, problems: list[Problem]
 ) -> tuple[dict[str, str], dict[str, int]] | None:
-    path = root / rel
     try:
-        text = path.read_bytes().decode("iso-8859-1")
+        text = reader.read_bytes(rel).decode("iso-8859-1")
     except OSError as exc:
         problems.append(Problem(Kind.PROPERTIES, rel, f"cannot read file: {exc.strerror or exc}"))
         return None
@@ -74,27 +73,24 @@ def _is_true(value: str | None) -> bool:
 
 
 def load_flow1(
-    root: Path, files: list[str], problems: list[Problem]
+    reader: ProjectFiles, problems: list[Problem]
 ) -> tuple[dict[str, Flow], dict[str, Node], list[str]]:
     """Load a Flow 1.0 project.
 
-    :param root: the project directory.
-    :param files: every project file, relative posix paths (see ``archive.list_project_files``).
+    :param reader: the project's files (``reader.files``: relative posix paths).
     :param problems: findings are appended here.
     :returns: ``(flows, jobs, properties_files)``; flows by name in a stable order.
     """
     # group files per directory
     by_dir: dict[str, list[str]] = {}
     subdirs: dict[str, set[str]] = {}
-    for rel in files:
-        parent = str(PurePosixPath(rel).parent)
-        parent = "" if parent == "." else parent
+    for rel in reader.files:
+        parent = rel.rpartition("/")[0]
         by_dir.setdefault(parent, []).append(rel)
         # register the directory chain
         child = parent
         while child:
-            up = str(PurePosixPath(child).parent)
-            up = "" if up == "." else up
+            up = child.rpartition("/")[0]
             subdirs.setdefault(up, set()).add(child)
             child = up
 
@@ -106,16 +102,16 @@ def load_flow1(
         entries = by_dir.get(directory, [])
         for rel in sorted(r for r in entries if r.endswith(".properties")):
             properties_files.append(rel)
-            loaded = _read_props(root, rel, problems)
+            loaded = _read_props(reader, rel, problems)
             if loaded is None:
                 continue
             props, _ = loaded
             chain = (*chain, PropsFile(rel, props))
             merged = {**merged, **props}
         for rel in sorted(r for r in entries if r.endswith(".job")):
-            name = PurePosixPath(rel).name[: -len(".job")]
+            name = rel.rpartition("/")[2][: -len(".job")]
             job_files.setdefault(name, []).append(rel)
-            loaded = _read_props(root, rel, problems)
+            loaded = _read_props(reader, rel, problems)
             if loaded is None:
                 continue
             props, key_lines = loaded

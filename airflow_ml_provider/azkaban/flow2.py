@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
 
+from airflow_ml_provider.azkaban.archive import ProjectFiles
 from airflow_ml_provider.azkaban.model import (
     FLOW_TYPE,
     WARNING,
@@ -127,9 +128,9 @@ def java_string(value: Any) -> str:
     return str(value)
 
 
-def _read_text(root: Path, rel: str, problems: list[Problem]) -> str | None:
+def _read_text(reader: ProjectFiles, rel: str, problems: list[Problem]) -> str | None:
     try:
-        data = (root / rel).read_bytes()
+        data = reader.read_bytes(rel)
     except OSError as exc:
         problems.append(Problem(Kind.INVALID_FLOW, rel, f"cannot read file: {exc.strerror or exc}"))
         return None
@@ -140,9 +141,9 @@ def _read_text(root: Path, rel: str, problems: list[Problem]) -> str | None:
         return None
 
 
-def read_project_file(root: Path, rel: str, problems: list[Problem]) -> bool:
+def read_project_file(reader: ProjectFiles, rel: str, problems: list[Problem]) -> bool:
     """Check one ``.project`` file; returns True when it declares ``azkaban-flow-version: 2.0``."""
-    text = _read_text(root, rel, problems)
+    text = _read_text(reader, rel, problems)
     if text is None:
         return False
     try:
@@ -176,12 +177,12 @@ def read_project_file(root: Path, rel: str, problems: list[Problem]) -> bool:
     return True
 
 
-def load_flow2(root: Path, flow_files: list[str], problems: list[Problem]) -> dict[str, Flow]:
+def load_flow2(reader: ProjectFiles, flow_files: list[str], problems: list[Problem]) -> dict[str, Flow]:
     """Load every ``.flow`` file; returns the top-level flows by name (file order)."""
     flows: dict[str, Flow] = {}
     for rel in flow_files:
         name = PurePosixPath(rel).name[: -len(".flow")]
-        text = _read_text(root, rel, problems)
+        text = _read_text(reader, rel, problems)
         if text is None:
             continue
         try:

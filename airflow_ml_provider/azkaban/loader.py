@@ -25,9 +25,10 @@ from pathlib import Path, PurePosixPath
 from airflow_ml_provider.azkaban.archive import (
     ArchiveError,
     ArchiveLimits,
+    ProjectFiles,
     ProjectLoadError,
-    extract_archive,
     list_project_files,
+    open_project_archive,
 )
 from airflow_ml_provider.azkaban.flow1 import load_flow1
 from airflow_ml_provider.azkaban.flow2 import load_flow2, read_project_file
@@ -81,10 +82,11 @@ def load_project(
     cleanup = None
     if src.is_dir():
         root = src.resolve()
+        reader = ProjectFiles(root, list_project_files(root))
     elif src.is_file() and _looks_like_archive(src):
         tmp = Path(tempfile.mkdtemp(prefix="azkaban-project-"))
         try:
-            root = extract_archive(src, tmp / "project", limits)
+            reader = open_project_archive(src, tmp / "project", limits)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -93,8 +95,7 @@ def load_project(
         raise ProjectLoadError(f"{src}: not a project directory nor a .zip / tar archive")
 
     try:
-        files = list_project_files(root)
-        project = _load_from_dir(root, files, project_name(src), max_xms=max_xms, max_xmx=max_xmx)
+        project = _load_from_dir(reader, project_name(src), max_xms=max_xms, max_xmx=max_xmx)
     except BaseException:
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True)
@@ -105,8 +106,9 @@ def load_project(
     return project
 
 
-def _load_from_dir(root: Path, files: list[str], name: str, *, max_xms: str, max_xmx: str) -> Project:
+def _load_from_dir(reader: ProjectFiles, name: str, *, max_xms: str, max_xmx: str) -> Project:
     problems: list[Problem] = []
+    root, files = reader.root, reader.files
     project_files = [f for f in files if f.endswith(".project")]
     properties_files = [f for f in files if f.endswith(".properties")]
     if project_files:
@@ -119,11 +121,11 @@ def _load_from_dir(root: Path, files: list[str], name: str, *, max_xms: str, max
                 )
             )
         else:
-            read_project_file(root, project_files[0], problems)
+            read_project_file(reader, project_files[0], problems)
         flow_files = sorted(
             (f for f in files if f.endswith(".flow")), key=lambda r: (len(PurePosixPath(r).parts), r)
         )
-        flows = load_flow2(root, flow_files, problems)
+        flows = load_flow2(reader, flow_files, problems)
         project = Project(
             name=name,
             flow_version="2.0",
@@ -136,7 +138,7 @@ def _load_from_dir(root: Path, files: list[str], name: str, *, max_xms: str, max
             flow_files=flow_files,
         )
     else:
-        flows, jobs, read_props = load_flow1(root, files, problems)
+        flows, jobs, read_props = load_flow1(reader, problems)
         flow_files = [f for f in files if f.endswith(".flow")]
         if flow_files and not jobs:
             problems.append(
