@@ -42,8 +42,9 @@ def _regression(n=1500, d=4, seed=1):
 def test_importing_trainers_imports_no_heavy_library():
     code = (
         "import sys, airflow_ml_provider.ml.trainers as t, airflow_ml_provider.ml.feature_table, "
-        "airflow_ml_provider.ml.metrics, airflow_ml_provider.ml.gates\n"
-        "t.get_trainer('xgboost')\n"
+        "airflow_ml_provider.ml.metrics, airflow_ml_provider.ml.gates, airflow_ml_provider.ml.charts\n"
+        "t.get_trainer('xgboost'); t.get_trainer('tensorflow'); t.get_trainer('word2vec'); "
+        "t.get_trainer('linear'); t.get_trainer('gbdt')\n"
         f"print(sorted(m for m in {HEAVY!r} + ('matplotlib',) if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -229,3 +230,194 @@ def test_xgboost_refuses_bad_data(tmp_path):
         get_trainer("xgboost").train(train, Dataset(X=valid.X[:, :2], y=valid.y), {}, tmp_path)
     with pytest.raises(TrainerError, match="no model metadata"):
         load_predictor("xgboost", tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------ linear
+
+
+def test_linear_binary_matches_sklearn_and_reloads_bit_identical(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    train, valid = _binary(seed=4)
+    lines: list[str] = []
+    result = get_trainer("linear").train(train, valid, {"C": "0.5"}, tmp_path, log=lines.append)
+    assert result.task == "binary" and (tmp_path / "model.json").exists()
+    loaded = load_predictor("linear", tmp_path)
+    p = loaded.predict(valid.X)
+    assert np.array_equal(p, result.predictor.predict(valid.X))
+    # same model as scikit-learn on the same (imputed, standardized) inputs
+    fill = np.nanmean(np.where(np.isfinite(train.X), train.X, np.nan), axis=0)
+    Xt = np.where(np.isfinite(train.X), train.X, fill).astype(np.float64)
+    mu, sd = Xt.mean(axis=0), Xt.std(axis=0)
+    ref = LogisticRegression(C=0.5, max_iter=500).fit((Xt - mu) / sd, train.y.astype(int))
+    Xv = np.where(np.isfinite(valid.X), valid.X, fill).astype(np.float64)
+    np.testing.assert_allclose(p, ref.predict_proba((Xv - mu) / sd)[:, 1], rtol=1e-5, atol=1e-7)
+    assert auc_score(valid.y, p) > 0.75
+    assert result.history["valid"]["auc"][0] == pytest.approx(auc_score(valid.y, p))
+    imp = loaded.feature_importance()
+    assert max(imp, key=imp.get) == "x0"
+    assert any("valid-auc=" in ln for ln in lines)
+
+
+def test_linear_regression_ridge_and_no_sklearn_needed_to_predict(tmp_path):
+    train, valid = _regression()
+    result = get_trainer("linear").train(train, valid, {"alpha": 1.0}, tmp_path, log=lambda s: None)
+    assert result.task == "regression"
+    pred = load_predictor("linear", tmp_path).predict(valid.X)
+    assert float(np.sqrt(np.mean((pred - valid.y) ** 2))) < 0.5
+    code = (
+        "import sys, numpy as np; from airflow_ml_provider.ml.trainers import load_predictor; "
+        f"p = load_predictor('linear', {str(tmp_path)!r}); p.predict(np.zeros((2, 4), np.float32)); "
+        "print('sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_linear_rejects_unknown_and_bad_params(tmp_path):
+    train, _ = _binary(n=100)
+    with pytest.raises(TrainerError, match=r"linear: unknown param\(s\) \['eta'\]"):
+        get_trainer("linear").train(train, None, {"eta": 0.1}, tmp_path)
+    with pytest.raises(TrainerError, match="'penalty' must be l2, l1 or none, got 'l3'"):
+        get_trainer("linear").train(train, None, {"penalty": "l3"}, tmp_path)
+    with pytest.raises(TrainerError, match="task must be 'binary' or 'regression', got 'multi'"):
+        get_trainer("linear").train(train, None, {"task": "multi"}, tmp_path)
+
+
+# -------------------------------------------------------------------------------------------- gbdt
+
+
+def test_gbdt_binary_early_stopping_history_and_reload(tmp_path):
+    train, valid = _binary(n=1200, seed=5)
+    lines: list[str] = []
+    result = get_trainer("gbdt").train(
+        train,
+        valid,
+        {"max_iter": 40, "early_stopping_rounds": 3, "learning_rate": 0.3, "max_leaf_nodes": 8},
+        tmp_path,
+        log=lines.append,
+    )
+    n_iter = result.extra["n_iter"]
+    assert len(result.history["valid"]["logloss"]) == n_iter
+    assert sum(ln.startswith("[") for ln in lines) == n_iter
+    assert result.best_iteration == int(np.argmin(result.history["valid"]["logloss"]))
+    loaded = load_predictor("gbdt", tmp_path)
+    p = loaded.predict(valid.X)
+    assert np.array_equal(p, result.predictor.predict(valid.X))
+    assert ((p >= 0) & (p <= 1)).all() and auc_score(valid.y, p) > 0.75
+    imp = loaded.feature_importance()
+    assert max(imp, key=imp.get) == "x0" and all(v >= 0 for v in imp.values())
+    meta = read_metadata(tmp_path)
+    meta["library_versions"]["scikit-learn"] = "0.0.1"
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="trained with scikit-learn 0.0.1"):
+        load_predictor("gbdt", tmp_path)
+
+
+def test_gbdt_regression_without_validation(tmp_path):
+    train, valid = _regression()
+    result = get_trainer("gbdt").train(
+        train, None, {"max_iter": 30, "task": "regression"}, tmp_path, log=lambda s: None
+    )
+    assert result.history == {} and result.best_iteration is None
+    pred = load_predictor("gbdt", tmp_path).predict(valid.X)
+    assert float(np.sqrt(np.mean((pred - valid.y) ** 2))) < 1.0
+    with pytest.raises(TrainerError, match="'early_stopping_rounds' needs a validation dataset"):
+        get_trainer("gbdt").train(train, None, {"early_stopping_rounds": 2}, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------- word2vec
+
+
+def _sessions(n_users=300, seed=0):
+    """Two taste clusters: users play items from one cluster only."""
+    rng = np.random.default_rng(seed)
+    rock = [f"rock{i}" for i in range(15)]
+    jazz = [f"jazz{i}" for i in range(15)]
+    return [list(rng.choice(rock if u % 2 else jazz, size=12)) for u in range(n_users)]
+
+
+def test_word2vec_learns_clusters_and_reloads(tmp_path):
+    lines: list[str] = []
+    ds = Dataset.from_sentences(_sessions(), column="history")
+    params = {
+        "sentences_column": "history",
+        "vector_size": 16,
+        "epochs": 5,
+        "window": 3,
+        "seed": 1,
+        "sample": 0,
+    }
+    result = get_trainer("word2vec").train(ds, None, params, tmp_path, log=lines.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "metadata.json",
+        "vectors.npy",
+        "vocabulary.json",
+        "word2vec.bin",
+    ]
+    assert sum(ln.startswith("[epoch") for ln in lines) == 5
+    assert len(result.history["train"]["loss"]) == 5 and result.history["train"]["loss"][0] > 0
+    loaded = load_predictor("word2vec", tmp_path)
+    assert len(loaded) == 30 and loaded.vector_size == 16
+    assert np.array_equal(loaded.vectors(["rock1", "jazz2"]), result.predictor.vectors(["rock1", "jazz2"]))
+    neighbours = [item for item, _ in loaded.similar("rock3", topn=5)]
+    assert "rock3" not in neighbours
+    assert all(n.startswith("rock") for n in neighbours), neighbours
+    # unknown items: zeros in batch lookups, a named error for similar()
+    assert not loaded.predict(["nope"]).any()
+    with pytest.raises(KeyError, match="item 'nope' is not in the vocabulary \\(30 items\\)"):
+        loaded.similar("nope")
+    assert loaded.feature_importance() == {}
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors.load_word2vec_format(str(tmp_path / "word2vec.bin"), binary=True)
+    np.testing.assert_array_equal(kv["rock1"], loaded.vector("rock1"))
+
+
+def test_word2vec_through_a_feature_table_list_column(tmp_path):
+    sessions = _sessions(n_users=40)
+    write_feature_table(
+        tmp_path / "s.parquet", np.zeros((40, 0), np.float32), None, extra_columns={"sentences": sessions}
+    )
+    ds = read_feature_table(tmp_path / "s.parquet")
+    result = get_trainer("word2vec").train(
+        ds, None, {"vector_size": 8, "epochs": 1}, tmp_path / "m", log=lambda s: None
+    )
+    assert result.extra["vocabulary_size"] == 30
+    with pytest.raises(TrainerError, match="no 'plays' column of item sequences"):
+        get_trainer("word2vec").train(ds, None, {"sentences_column": "plays"}, tmp_path / "m2")
+    with pytest.raises(TrainerError, match="no item occurs at least min_count=1000 times"):
+        get_trainer("word2vec").train(ds, None, {"min_count": 1000}, tmp_path / "m3", log=lambda s: None)
+
+
+# -------------------------------------------------------------------------------------- tensorflow
+
+
+@pytest.mark.slow
+def test_tensorflow_wide_and_deep_trains_logs_and_reloads(tmp_path):
+    """One TensorFlow run (import + train + save + load) covering the contract."""
+    train, valid = _binary(n=1600, seed=6)
+    lines: list[str] = []
+    params = {
+        "hidden_units": "16,8",
+        "epochs": 4,
+        "batch_size": 128,
+        "learning_rate": 0.01,
+        "early_stopping_rounds": 2,
+        "seed": 7,
+    }
+    result = get_trainer("tensorflow").train(train, valid, params, tmp_path / "a", log=lines.append)
+    epochs = result.extra["epochs_run"]
+    assert sum(ln.startswith("[epoch") for ln in lines) == epochs
+    assert "val_auc=" in lines[0]
+    assert len(result.history["valid"]["auc"]) == epochs
+    loaded = load_predictor("tensorflow", tmp_path / "a")
+    p = loaded.predict(valid.X)
+    assert p.dtype == np.float32 and p.shape == (len(valid.X),)
+    assert np.array_equal(p, result.predictor.predict(valid.X))  # reload gives the same scores
+    assert not np.isnan(p).any()  # NaN inputs are imputed
+    assert auc_score(valid.y, p) > 0.75
+    assert set(loaded.feature_importance()) == set(train.feature_names)
+    # seeded: the same data and params give the same model
+    again = get_trainer("tensorflow").train(train, valid, params, tmp_path / "b", log=lambda s: None)
+    assert np.array_equal(again.predictor.predict(valid.X), p)
