@@ -297,8 +297,15 @@ def chunks_from_rows(
         out = []
         for name, values, t in zip(names, cols, target):
             try:
-                arr = pa.array(values, type=t, from_pandas=True)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
+                try:
+                    arr = pa.array(values, type=t, from_pandas=True)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+                    if t is None:
+                        raise
+                    # e.g. DECIMAL values for a float64 column: infer, then cast (safely)
+                    arr = pa.array(values, from_pandas=True).cast(t)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError,
+                    OverflowError) as exc:
                 want = f" as {t}" if t is not None else ""
                 raise SamplingError(
                     f"column {name!r}: cannot convert its values{want} ({exc}); "
@@ -514,7 +521,7 @@ def _scalar_like(value: Any, t: pa.DataType, column: str) -> pa.Scalar:
     try:
         if isinstance(value, pa.Scalar):
             return value.cast(t)
-        if pa.types.is_timestamp(t) and isinstance(value, str):
+        if isinstance(value, str) and not pa.types.is_string(t):
             return pa.scalar(value).cast(t)
         return pa.scalar(value, type=t)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as exc:
