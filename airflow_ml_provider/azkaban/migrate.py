@@ -149,11 +149,16 @@ class MigrationReport:
         }
 
 
-def load_source(source: str | Path) -> Project:
-    """Load a project through the reader, turning its failures into :class:`MigrationError`."""
+def load_source(source: str | Path, *, max_archive_bytes: int | None = None) -> Project:
+    """Load a project through the reader, turning its failures into :class:`MigrationError`.
+
+    :param max_archive_bytes: the most an archive may expand to (default: the reader's, 1 GiB).
+    """
     from airflow_ml_provider.azkaban import loader
 
     try:
+        if max_archive_bytes is not None:
+            return loader.load_project(source, limits=loader.ArchiveLimits(max_total_bytes=max_archive_bytes))
         return loader.load_project(source)
     except (OSError, ValueError) as exc:  # ProjectLoadError / ArchiveError are ValueErrors
         raise MigrationError(str(exc)) from None
@@ -208,6 +213,7 @@ def migrate(
     progress: Callable[[int, int, str], None] | None = None,
     project: Project | None = None,
     run_ruff: bool = True,
+    max_archive_bytes: int | None = None,
 ) -> MigrationReport:
     """Convert every flow of an Azkaban project into one DAG file each under ``out``.
 
@@ -219,6 +225,8 @@ def migrate(
     :param strict: warnings become errors.
     :param progress: ``progress(done, total, flow_name)`` after each flow.
     :param project: an already loaded project (then ``source`` is only used in the report).
+    :param run_ruff: run ``ruff format`` / ``ruff check`` on the generated files.
+    :param max_archive_bytes: the most an archive source may expand to.
     :raises MigrationError: the project cannot be read at all.
     """
     started = time.perf_counter()
@@ -233,7 +241,7 @@ def migrate(
     report = MigrationReport(source=str(source), out=str(out_dir), dry_run=dry_run, strict=strict)
     own = project is None
     if project is None:
-        project = load_source(source)
+        project = load_source(source, max_archive_bytes=max_archive_bytes)
     try:
         report.project = project.name
         report.flow_version = project.flow_version

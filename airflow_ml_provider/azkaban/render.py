@@ -176,7 +176,6 @@ def render_dag(plan: DagPlan, resource_dir: str) -> str:
         "from pathlib import Path",
         "",
         f"from airflow.sdk import {', '.join(imports)}",
-        "",
         "from airflow_ml_provider.azkaban.runtime import flow_dag_args, job",
         "",
         f"PROJECT_DIR = Path(__file__).parent / {py_literal(resource_dir)}",
@@ -224,7 +223,8 @@ def format_files(paths: Sequence[Path]) -> tuple[bool, str]:
     cmd = ruff_command()
     if cmd is None:
         return True, "ruff not found: the DAG files were not run through `ruff format`"
-    files = [str(p) for p in paths]
+    files = [str(Path(p).resolve()) for p in paths]
+    cwd = str(Path(files[0]).parent)
     steps = [
         ["format", "--isolated", "--quiet"],
         ["check", "--isolated", "--quiet", "--fix", "--exit-zero"],  # safe fixes only
@@ -232,7 +232,9 @@ def format_files(paths: Sequence[Path]) -> tuple[bool, str]:
         ["check", "--isolated", "--quiet", "--output-format", "concise"],
     ]
     for step in steps:
-        proc = subprocess.run([*cmd, *step, *files], check=False, capture_output=True, text=True)
+        # run from the files' folder: the provider is then a third-party import, as it is in
+        # the user's repository (isort sections do not depend on where the command ran)
+        proc = subprocess.run([*cmd, *step, *files], cwd=cwd, check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             return False, (proc.stdout + proc.stderr).strip()
     return True, ""

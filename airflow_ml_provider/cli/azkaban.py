@@ -43,9 +43,26 @@ def register(subparsers: Any) -> None:
     mig.add_argument("--dry-run", action="store_true", help="report only; write no file")
     mig.add_argument("--report", metavar="FILE", help="write the full report as JSON")
     mig.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    mig.add_argument(
+        "--max-archive-size",
+        type=_size,
+        default=None,
+        metavar="BYTES",
+        help="refuse an archive that expands past this size (default 1G; suffixes K, M, G)",
+    )
     mig.add_argument("--quiet", "-q", action="store_true", help="print only errors and the summary")
     mig.set_defaults(func=run_migrate)
     parser.set_defaults(func=lambda args: _missing_action(parser))
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B")
+    unit = t[-1:] if t[-1:] in ("K", "M", "G") else ""
+    number = t[: len(t) - len(unit)]
+    if not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 500M)")
+    return int(number) * units[unit]
 
 
 def _missing_action(parser: argparse.ArgumentParser) -> int:
@@ -141,6 +158,7 @@ def run_migrate(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             strict=args.strict,
             progress=_Progress(),
+            max_archive_bytes=args.max_archive_size,
         )
     except MigrationError as exc:
         raise CLIError(str(exc), exit_code=exc.exit_code) from None

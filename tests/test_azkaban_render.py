@@ -1,0 +1,253 @@
+"""Every valid project of the Azkaban corpus converts; the generated DAG files load in Airflow's
+DagBag with zero import errors, have the task ids and dependencies the model implies, and pass
+``ruff check`` and ``ruff format --check``. Negative projects fail with exit code 1, a message
+naming the file and the problem, and no DAG file for the failing flow.
+
+The corpus (Azkaban's own test projects) is read from the environment variable AZKABAN_CORPUS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from airflow_ml_provider.azkaban.loader import load_project
+from airflow_ml_provider.azkaban.migrate import migrate
+from airflow_ml_provider.azkaban.model import Flow
+from airflow_ml_provider.azkaban.render import py_literal, ruff_command
+from airflow_ml_provider.cli import main as cli_main
+
+CORPUS_ENV = "AZKABAN_CORPUS"
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Path:
+    value = os.environ.get(CORPUS_ENV)
+    if not value:
+        pytest.skip(
+            f"{CORPUS_ENV} is not set: point it at the Azkaban conformance corpus (../shared/azkaban-corpus)"
+        )
+    path = Path(value)
+    if not (path / "EXPECTED.md").exists():
+        pytest.fail(f"{CORPUS_ENV}={value} does not hold the corpus (no EXPECTED.md)")
+    return path
+
+
+# project (relative to the corpus) -> top-level flows that become DAGs (EXPECTED.md)
+VALID = {
+    "execution-test-data/exectest1": 5,
+    "execution-test-data/exectest2": 1,
+    "execution-test-data/embedded": 2,
+    "execution-test-data/embedded2": 6,
+    "execution-test-data/embedded3": 3,
+    "execution-test-data/embedded4": 1,
+    "execution-test-data/execpropstest": 2,
+    "execution-test-data/animal": 1,
+    "execution-test-data/basicflowyamltest": 1,
+    "execution-test-data/multipleflowyamltest": 2,
+    "execution-test-data/recursivedirectoryyamltest": 2,
+    "execution-test-data/embeddedflowyamltest": 1,
+    "execution-test-data/multipleembeddedflowyamltest": 2,
+    "execution-test-data/conditionalflowyamltest": 7,
+    "execution-test-data/alertflow": 1,
+    "execution-test-data/basicflowwithoutendnode": 1,
+    "execution-test-data/embeddedflowwithoutendnode": 1,
+    "execution-test-data/failbasicflowwithoutendnode": 1,
+    "execution-test-data/basicyamlshelltest": 1,
+    "execution-test-data/loadpropsflowyamltest": 1,
+    "execution-test-data/invalidjobpropsyamltest": 1,  # Xms over Azkaban's server limit: a warning
+    **{f"execution-test-data/conditionalflowtest/conditional_flow{i}": 1 for i in range(1, 8)},
+    "examples/flow20-projects": 2,
+    "examples/flow20-projects/basicFlow20Project.zip": 1,
+    "examples/flow20-projects/embeddedFlow20Project.zip": 1,
+    "examples/conditional-flow/conditionalFlowProject.zip": 1,
+}
+
+# project -> (failing flow or None for a project-level error, words the message must contain)
+NEGATIVE = {
+    "execution-test-data/embedded_bad": (
+        "innerFlow",
+        ["innerFlow.job", "cycle", "innerFlow -> jobe -> innerFlow"],
+    ),
+    "execution-test-data/cyclefoundyamltest": ("cycle_found", ["cycle_found.flow", "cycle", "->"]),
+    "execution-test-data/dependencyundefinedyamltest": (
+        "dependency_undefined",
+        ["dependency_undefined.flow", "shell_bash", "not defined"],
+    ),
+    "execution-test-data/duplicatenodenamesyamltest": (
+        "duplicate_nodename",
+        ["duplicate_nodename.flow", "duplicate", "shell_echo"],
+    ),
+    "execution-test-data/invalidflowversiontest": (None, ["basic_flow.project", "azkaban-flow-version"]),
+    "execution-test-data/noflowversiontest": (None, ["no_flow_version.project", "azkaban-flow-version"]),
+    "execution-test-data/duplicateprojectyamltest": (None, [".project", "more than one"]),
+    "execution-test-data/invalidconditionalflowyamltest": (None, ["condition", "descendant"]),
+    "execution-test-data/flowtriggeryamltest": (
+        "flow_trigger_invalid_cron_expression",
+        ["flow_trigger_invalid_cron_expression.flow", "Quartz"],
+    ),
+}
+
+
+def _prefix(rel: str) -> str:
+    return Path(rel).name.removesuffix(".zip").replace(".", "_") + "__"
+
+
+def _expected_upstream(flow: Flow) -> dict[str, set[str]]:
+    """task id -> upstream task ids, computed from the model (groups expanded to their jobs)."""
+    out: dict[str, set[str]] = {}
+
+    def leaves(f: Flow, prefix: str) -> set[str]:
+        res: set[str] = set()
+        for name in f.leaves():
+            node = f.nodes[name]
+            if node.is_flow and node.embedded_flow is not None:
+                res |= leaves(node.embedded_flow, f"{prefix}{name}.")
+            else:
+                res.add(prefix + name)
+        return res
+
+    def walk(f: Flow, prefix: str, outer: set[str]) -> None:
+        for name, node in f.nodes.items():
+            parents: set[str] = set()
+            for up in f.upstream(name):
+                up_node = f.nodes[up]
+                if up_node.is_flow and up_node.embedded_flow is not None:
+                    parents |= leaves(up_node.embedded_flow, f"{prefix}{up}.")
+                else:
+                    parents.add(prefix + up)
+            if not f.upstream(name):
+                parents |= outer
+            if node.is_flow and node.embedded_flow is not None:
+                walk(node.embedded_flow, f"{prefix}{name}.", parents)
+            else:
+                out[prefix + name] = parents
+
+    walk(flow, "", set())
+    return out
+
+
+DAGBAG_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+    bag = DagBag(sys.argv[1])
+    print("@@JSON@@" + json.dumps({
+        "errors": {k: str(v) for k, v in bag.import_errors.items()},
+        "dags": {d.dag_id: {
+            "tasks": {t.task_id: sorted(t.upstream_task_ids) for t in d.tasks},
+            "timetable": type(d.timetable).__name__,
+            "cron": getattr(d.timetable, "_expression", None),
+            "timezone": str(getattr(d.timetable, "_timezone", "")),
+            "disabled": d.params["disabled_tasks"],
+        } for d in bag.dags.values()},
+    }))
+    """
+)
+
+
+def dagbag(folder: Path, tmp_path: Path) -> dict:
+    home = tmp_path / "airflow_home"
+    home.mkdir(exist_ok=True)
+    env = dict(os.environ, AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(folder)
+    proc = subprocess.run(
+        [sys.executable, "-c", DAGBAG_SCRIPT, str(folder)],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("@@JSON@@"))
+    return json.loads(line.removeprefix("@@JSON@@"))
+
+
+def test_valid_corpus_projects_convert_load_and_lint(corpus, tmp_path):
+    out = tmp_path / "dags"
+    expected_dags: dict[str, dict[str, set[str]]] = {}
+    for rel, n_flows in VALID.items():
+        src = corpus / rel
+        report = migrate(src, out, dag_id_prefix=_prefix(rel))
+        errors = [str(p) for p in report.all_problems if p.severity == "error"]
+        assert report.exit_code == 0 and not errors, (rel, errors)
+        assert len(report.flows) == n_flows, (rel, [f.flow for f in report.flows])
+        assert all(f.status == "converted" and (out / f.file).exists() for f in report.flows), rel
+        with load_project(src) as project:
+            for name, flow in project.flows.items():
+                expected_dags[_prefix(rel) + name] = _expected_upstream(flow)
+    files = sorted(out.glob("*.py"))
+    assert len(files) == sum(VALID.values())
+
+    bag = dagbag(out, tmp_path)
+    assert bag["errors"] == {}
+    assert set(bag["dags"]) == set(expected_dags)
+    for dag_id, expected in expected_dags.items():
+        got = {t: set(ups) for t, ups in bag["dags"][dag_id]["tasks"].items()}
+        assert got == expected, dag_id
+
+    ruff = ruff_command()
+    assert ruff is not None, "ruff is a test dependency"
+    check = subprocess.run(
+        [*ruff, "check", "--isolated", "."], cwd=out, check=False, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout
+    fmt = subprocess.run(
+        [*ruff, "format", "--isolated", "--check", "."], cwd=out, check=False, capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout
+    # the same with default settings from the output folder itself (no project config above it)
+    check2 = subprocess.run([*ruff, "check", "."], cwd=out, check=False, capture_output=True, text=True)
+    assert check2.returncode == 0, check2.stdout
+    fmt2 = subprocess.run(
+        [*ruff, "format", "--check", "."], cwd=out, check=False, capture_output=True, text=True
+    )
+    assert fmt2.returncode == 0, fmt2.stdout
+
+
+@pytest.mark.parametrize("rel", sorted(NEGATIVE))
+def test_negative_corpus_projects_fail_clearly(corpus, tmp_path, capsys, rel):
+    flow, words = NEGATIVE[rel]
+    out = tmp_path / "out"
+    rc = cli_main(["azkaban", "migrate", str(corpus / rel), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    for word in words:
+        assert word in captured.err, (word, captured.err)
+    written = {p.name for p in out.glob("*.py")} if out.exists() else set()
+    if flow is None:
+        assert written == set()
+    else:
+        assert f"{flow}.py" not in written
+        assert f"error: flow {flow!r} was not converted" in captured.err
+
+
+def test_embedded_flows_become_task_groups_with_dotted_ids(corpus, tmp_path):
+    out = tmp_path / "dags"
+    report = migrate(corpus / "execution-test-data/embeddedflowyamltest", out)
+    assert report.exit_code == 0
+    bag = dagbag(out, tmp_path)
+    tasks = bag["dags"]["embedded_flow"]["tasks"]
+    # embedded_flow1 and its nested embedded_flow2: ids <embedding job>.<job>, nested likewise
+    assert any(t.startswith("embedded_flow1.") for t in tasks)
+    assert any(t.startswith("embedded_flow1.embedded_flow2.") for t in tasks)
+    assert len(tasks) == 8
+
+
+def test_generated_file_is_short_and_uses_the_runtime(corpus, tmp_path):
+    out = tmp_path / "dags"
+    migrate(corpus / "execution-test-data/conditionalflowyamltest", out)
+    text = (out / "conditional_flow6.py").read_text()
+    assert "from airflow_ml_provider.azkaban.runtime import flow_dag_args, job" in text
+    assert "from airflow.sdk import DAG" in text
+    assert f"condition={py_literal(chr(36) + '{jobA:props} == ' + chr(39) + 'foo' + chr(39))}" in text
+    assert "condition=\"one_success && ${jobA:props} == 'foo'\"" in text
+    assert len(text.splitlines()) < 60
