@@ -98,6 +98,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format", choices=("properties", "json"), default=None, help="default: from the file extension"
     )
+    p.add_argument(
+        "--encoding",
+        default="iso-8859-1",
+        help="encoding of a .properties file (default iso-8859-1, as Java; \\uXXXX escapes always work)",
+    )
     p.add_argument("--by", default=None, help="who made the change (default: the OS user)")
     p.add_argument("--dry-run", action="store_true", help="validate and report, change nothing")
     p.set_defaults(func=cmd_import)
@@ -307,7 +312,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_import_file(path: Path, fmt: str | None) -> list[tuple[str, str, Any]]:
+def _read_import_file(path: Path, fmt: str | None, encoding: str = "iso-8859-1") -> list[tuple[str, str, Any]]:
     from airflow_ml_provider.dictionary_store import DictionaryValidationError, entries_from_mapping, parse_json_entries
 
     if fmt is None:
@@ -329,7 +334,7 @@ def _read_import_file(path: Path, fmt: str | None) -> list[tuple[str, str, Any]]
             return parse_json_entries(text, source=str(path))
         load_properties, properties_error = _properties_reader()
         try:
-            mapping = load_properties(path)
+            mapping = load_properties(path, encoding=encoding)
         except properties_error as exc:
             raise CLIError(str(exc)) from None
         return entries_from_mapping(mapping)
@@ -356,7 +361,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     from airflow_ml_provider.dictionary_store import DictionaryValidationError, validate_key
 
     path = Path(args.file)
-    entries = _read_import_file(path, args.format)
+    try:
+        "".encode(args.encoding)
+    except LookupError:
+        raise CLIError(f"unknown encoding {args.encoding!r}") from None
+    entries = _read_import_file(path, args.format, args.encoding)
     store, prefix = _open(args)
     if prefix:
         prefixed = []
