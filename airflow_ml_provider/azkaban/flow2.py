@@ -164,7 +164,10 @@ def read_project_file(reader: ProjectFiles, rel: str, problems: list[Problem]) -
         problems.append(Problem(Kind.FLOW_VERSION, rel, f"expected a mapping with '{FLOW_VERSION_KEY}: 2.0'"))
         return False
     version = data[FLOW_VERSION_KEY]
-    if not (version == 2.0 and not isinstance(version, bool)) and str(version).strip() != "2.0":
+    # Azkaban compares with the double 2.0: YAML 2.0 (a float) matches, the integer 2 does not
+    if not (isinstance(version, float) and version == 2.0) and not (
+        isinstance(version, str) and version.strip() == "2.0"
+    ):
         problems.append(
             Problem(
                 Kind.FLOW_VERSION,
