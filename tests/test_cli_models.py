@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,29 +166,32 @@ def test_empty_registry_lists_nothing(capsys, tmp_path):
     assert rc == 1 and "the registry has no models yet" in err
 
 
-def _cli(args, tmp_path, **env_extra):
-    """The real console script in a clean environment (its own AIRFLOW_HOME)."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_ML_", "AIRFLOW__", "AIRFLOW_CONN_"))
-    }
-    env["AIRFLOW_HOME"] = str(tmp_path / "airflow_home")
-    env.update(env_extra)
-    return subprocess.run(
-        [str(AIRFLOW_ML), *args], check=False, capture_output=True, text=True, timeout=120, env=env
+def test_no_registry_configured(capsys, monkeypatch, tmp_path):
+    for var in ("AIRFLOW_ML_REGISTRY", "AIRFLOW__ML__REGISTRY_CONN", "AIRFLOW_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))  # no airflow.cfg there
+    rc, out, err = run(capsys, "models", "list")
+    assert rc == 1 and out == ""
+    assert "no registry: pass --registry URL_OR_CONN_ID, or set $AIRFLOW_ML_REGISTRY" in err
+    (tmp_path / "airflow.cfg").write_text("[core]\nexecutor = LocalExecutor\n")  # no [ml] section
+    rc, _, err = run(capsys, "models", "list")
+    assert rc == 1 and "no registry" in err
+
+
+def test_registry_from_the_airflow_config(capsys, monkeypatch, tmp_path, populated):
+    monkeypatch.delenv("AIRFLOW__ML__REGISTRY_CONN", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONFIG", raising=False)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    (tmp_path / "airflow.cfg").write_text(
+        f"[core]\nload_examples = False\n\n[ml]\nregistry_conn = {populated}\n"
     )
-
-
-def test_no_registry_configured(tmp_path):
-    proc = _cli(["models", "list"], tmp_path)
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert "Traceback" not in proc.stderr
-    assert "no registry: pass --registry URL_OR_CONN_ID, or set $AIRFLOW_ML_REGISTRY" in proc.stderr
-
-
-def test_registry_from_the_airflow_config_option(tmp_path, populated):
-    proc = _cli(["models", "show", "ltv"], tmp_path, AIRFLOW__ML__REGISTRY_CONN=populated)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["framework"] == "linear"
+    rc, out, err = run(capsys, "models", "show", "ltv")
+    assert rc == 0, err
+    assert json.loads(out)["framework"] == "linear"
+    # the environment variable form of the same option wins over the file
+    monkeypatch.setenv("AIRFLOW__ML__REGISTRY_CONN", "sqlite:///" + str(tmp_path / "other.db"))
+    rc, _, err = run(capsys, "models", "show", "ltv")
+    assert rc == 1 and "the registry has no models yet" in err
 
 
 def test_unreachable_database_is_named_with_the_password_masked():
@@ -209,13 +211,6 @@ def test_unreachable_database_is_named_with_the_password_masked():
         "airflow-ml: error: cannot reach the model registry at mysql+pymysql://ml:***@127.0.0.1:1/registry"
     )
     assert len(proc.stderr.strip().splitlines()) == 1
-
-
-def test_unknown_connection_id_is_named(tmp_path):
-    proc = _cli(["models", "list", "--registry", "no_such_registry_conn"], tmp_path)
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert "Traceback" not in proc.stderr
-    assert "Airflow connection 'no_such_registry_conn' is not defined" in proc.stderr
 
 
 @pytest.mark.airflow
@@ -256,3 +251,15 @@ def test_registry_connection_stored_in_the_airflow_metadata_db(airflow_home, tmp
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["version"] == 3
+    # an id Airflow does not know is named, without a traceback
+    proc = subprocess.run(
+        [str(AIRFLOW_ML), "models", "list", "--registry", "no_such_registry_conn"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert "Airflow connection 'no_such_registry_conn' is not defined" in proc.stderr

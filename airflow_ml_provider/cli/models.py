@@ -8,16 +8,18 @@ Examples::
 
 Every command takes ``--registry URL_OR_CONN_ID``: a SQLAlchemy URL (``sqlite:////path/reg.db``,
 ``mysql://user:pw@host/db``) or an Airflow connection id. Without it, ``$AIRFLOW_ML_REGISTRY`` is
-used, then -- only if Airflow is installed -- the Airflow config option ``[ml] registry_conn``
-(``AIRFLOW__ML__REGISTRY_CONN``). See docs/registry.md.
+used, then the Airflow config option ``[ml] registry_conn`` (``AIRFLOW__ML__REGISTRY_CONN`` or
+``airflow.cfg``). See docs/registry.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from airflow_ml_provider.cli import CLIError
@@ -74,24 +76,31 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _airflow_config_file() -> Path:
+    if os.environ.get("AIRFLOW_CONFIG"):
+        return Path(os.environ["AIRFLOW_CONFIG"]).expanduser()
+    home = os.environ.get("AIRFLOW_HOME") or "~/airflow"
+    return Path(home).expanduser() / "airflow.cfg"
+
+
 def _default_registry() -> str | None:
-    value = os.environ.get(ENV_REGISTRY, "").strip()
-    if value:
-        return value
-    value = os.environ.get("AIRFLOW__ML__REGISTRY_CONN", "").strip()
-    if value:
-        return value
-    try:
-        import importlib.util
-
-        if importlib.util.find_spec("airflow") is None:
-            return None
-        from airflow.configuration import conf
-
-        value = conf.get("ml", "registry_conn", fallback=None)
-    except Exception:  # noqa: BLE001 - a broken Airflow config must not hide the real hint
+    """``$AIRFLOW_ML_REGISTRY``, then Airflow's ``[ml] registry_conn`` option: from
+    ``$AIRFLOW__ML__REGISTRY_CONN`` or ``airflow.cfg`` (``$AIRFLOW_CONFIG``, else
+    ``$AIRFLOW_HOME/airflow.cfg``), read directly so the CLI does not pay for importing Airflow."""
+    for var in (ENV_REGISTRY, "AIRFLOW__ML__REGISTRY_CONN"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            return value
+    path = _airflow_config_file()
+    if not path.is_file():
         return None
-    return value.strip() if value else None
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"cannot read the Airflow config {path}: {exc}") from None
+    value = parser.get("ml", "registry_conn", fallback="").strip()
+    return value or None
 
 
 def _open(args: argparse.Namespace):
