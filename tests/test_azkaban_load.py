@@ -230,8 +230,10 @@ def test_flow1_embedded_flow_problems(tmp_path):
     assert all(e.kind == Kind.EMBEDDED_FLOW for e in p.errors)
     assert msgs == [
         "job 'noname' has type=flow but no flow.name",
-        "job 'notaflow' embeds flow.name='inner', but no such flow exists "
-        "('inner' is a job other jobs depend on, so it is not a flow)",
+        (
+            "job 'notaflow' embeds flow.name='inner', but no such flow exists "
+            "('inner' is a job other jobs depend on, so it is not a flow)"
+        ),
         "job 'unknown' embeds flow.name='nosuch', but no such flow exists",
     ]
     assert p.flow_ok("inner2")
