@@ -87,7 +87,8 @@ def test_parity_with_training_run_bit_identical(models, env, tmp_path):
 def test_hot_swap_pin_corrupt_and_rollback(models, env, tmp_path):
     reg, store = env
     rows = row_dicts(models[0].valid_frame)[:3]
-    expected = {v: m.offline[:3] for v, m in zip((1, 2), models)}
+    frame = models[0].valid_frame.iloc[:3]
+    expected = {v: m.predictor.predict(m.fitted.transform(frame)) for v, m in zip((1, 2), models)}
     publish(reg, models[0].bundle_dir, store)
     app, manager = _app(reg, tmp_path, keep_versions=3)
 

@@ -75,11 +75,17 @@ class Server:
         self._log.close()
 
 
+def _scores(built, frame) -> list[float]:
+    """The offline scores of one build for the test rows (the training code path)."""
+    return built.predictor.predict(built.fitted.transform(frame)).tolist()
+
+
 def test_swap_under_load_five_versions_one_corrupt_then_rollback(tmp_path, mariadb_url):
     import httpx
 
     built = [build_model(tmp_path / f"m{i}", seed=i, rounds=8 + 2 * i, n=800) for i in range(6)]
-    rows = row_dicts(built[0].valid_frame)[:4]
+    frame = built[0].valid_frame.iloc[:4]
+    rows = row_dicts(frame)
     body = json.dumps({"instances": rows}).encode()
     store = tmp_path / "store"
     reg = ModelRegistry(mariadb_url)
@@ -89,7 +95,7 @@ def test_swap_under_load_five_versions_one_corrupt_then_rollback(tmp_path, maria
     expected: dict[int, list[float]] = {}  # version -> its scores for `rows` (offline)
     rec = publish(reg, built[0].bundle_dir, store)
     published[rec.version] = time.monotonic()
-    expected[rec.version] = built[0].offline[:4].tolist()
+    expected[rec.version] = _scores(built[0], frame)
 
     server = Server(mariadb_url, tmp_path, "--keep-versions", "6")
     try:
@@ -126,7 +132,7 @@ def test_swap_under_load_five_versions_one_corrupt_then_rollback(tmp_path, maria
             if corrupt:
                 corrupt_version = rec.version
             else:
-                expected[rec.version] = built[i].offline[:4].tolist()
+                expected[rec.version] = _scores(built[i], frame)
             time.sleep(1.5)
         # Rollback to version 2 (still loaded): must be served within one poll.
         reg.rollback(MODEL, 2)

@@ -413,6 +413,7 @@ def create_app(
     max_instances: int = DEFAULT_MAX_INSTANCES,
     manager: ModelManager | None = None,
     manage_lifecycle: bool = True,
+    predict_threads: int | None = 1,
 ) -> ServingApp:
     """Build the service's ASGI app.
 
@@ -426,12 +427,13 @@ def create_app(
     :param max_instances: most instances per request.
     :param manager: an existing :class:`ModelManager` (then ``registry``... are ignored).
     :param manage_lifecycle: load and start polling on ASGI startup, stop on shutdown.
+    :param predict_threads: threads per prediction call (XGBoost ``nthread``; 0 = library default).
     """
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     if manager is None:
         manager = ModelManager(registry, models, poll_seconds=poll_seconds, keep_versions=keep_versions,
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir, predict_threads=predict_threads)
     return ServingApp(manager, token=token, max_body_bytes=max_body_bytes, max_instances=max_instances,
                       manage_lifecycle=manage_lifecycle)
 
@@ -455,4 +457,5 @@ def create_app_from_env() -> ServingApp:
         token=os.environ.get(TOKEN_ENV) or None,
         max_body_bytes=int(config.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
         max_instances=int(config.get("max_instances", DEFAULT_MAX_INSTANCES)),
+        predict_threads=int(config.get("predict_threads", 1)),
     )

@@ -24,6 +24,7 @@ new dicts and publishes them by one attribute assignment (atomic under the GIL).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
@@ -176,7 +177,20 @@ def _warm_up(model: LoadedModel) -> None:
         raise ModelLoadError(f"warm-up: the model returned non-finite predictions {y.tolist()!r}")
 
 
-def load_model(name: str, record: Any, cache_dir: Path) -> LoadedModel:
+def set_predict_threads(predictor: Any, threads: int | None) -> None:
+    """Limit the threads a predictor uses per call (XGBoost: the booster's ``nthread``).
+
+    One thread is fastest for the small batches an online service sees: OpenMP's thread team costs
+    more than it saves on a row or a hundred, and on a busy machine it can cost milliseconds.
+    """
+    if not threads:
+        return
+    booster = getattr(predictor, "booster", None)
+    if booster is not None and hasattr(booster, "set_param"):
+        booster.set_param({"nthread": int(threads)})
+
+
+def load_model(name: str, record: Any, cache_dir: Path, *, predict_threads: int | None = 1) -> LoadedModel:
     """Fetch, verify, load and warm up the bundle of a registry record.
 
     :raises ModelLoadError: naming the URI and the cause. Nothing is swapped in then.
@@ -204,6 +218,7 @@ def load_model(name: str, record: Any, cache_dir: Path) -> LoadedModel:
             raise ModelLoadError(f"the fitted spec's content hash {actual} does not match the one recorded "
                                  f"in the bundle ({expected})")
         predictor = load_predictor(bundle.framework, bundle.model_dir)
+        set_predict_threads(predictor, predict_threads)
         model = LoadedModel(name=name, version=version, uri=uri, spec=spec, predictor=predictor,
                             framework=str(bundle.framework), manifest=dict(bundle.metadata),
                             bundle_dir=target, record=record)
@@ -256,6 +271,8 @@ class ModelManager:
     :param cache_dir: where bundles are fetched to (default: a private temporary directory).
     :param metrics: the service's metrics (default: new ones).
     :param loader: ``loader(name, record, cache_dir) -> LoadedModel`` (default :func:`load_model`).
+    :param predict_threads: threads per prediction call (XGBoost ``nthread``; default 1, fastest for
+        online batches; 0 or None keeps the library's default).
     """
 
     def __init__(
@@ -268,6 +285,7 @@ class ModelManager:
         cache_dir: str | Path | None = None,
         metrics: ServingMetrics | None = None,
         loader: Callable[[str, Any, Path], LoadedModel] | None = None,
+        predict_threads: int | None = 1,
     ) -> None:
         if not models:
             raise ValueError("no model names given")
@@ -287,7 +305,7 @@ class ModelManager:
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="airflow-ml-serve-"))
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = metrics or ServingMetrics(self.models)
-        self.loader = loader or load_model
+        self.loader = loader or functools.partial(load_model, predict_threads=predict_threads)
         # Immutable snapshots, replaced whole (one assignment) by the poll thread.
         self._served: dict[str, LoadedModel] = {}
         self._versions: dict[str, dict[int, LoadedModel]] = {name: {} for name in self.models}
@@ -433,23 +451,9 @@ class ModelManager:
         versions = dict(self._versions[name])
         old = versions.get(model.version)
         versions[model.version] = model
-        lru = [v for v in self._lru[name] if v != model.version] + [model.version]
-        evicted = []
-        served = self._served.get(name)
-        while len(lru) > self.keep_versions:
-            victim = next((v for v in lru if not (served and served.version == v) and v != model.version),
-                          None)
-            if victim is None:
-                break
-            lru.remove(victim)
-            evicted.append(versions.pop(victim))
-        self._lru[name] = lru
         self._versions = {**self._versions, name: versions}  # publish
-        self.metrics.cached_versions.labels(name).set(len(versions))
-        for gone in ([old] if old is not None else []) + evicted:
-            log.info("model %r version %d unloaded from the cache", name, gone.version)
-            if gone.bundle_dir is not None:
-                shutil.rmtree(gone.bundle_dir, ignore_errors=True)
+        if old is not None:  # same version number, another bundle: the old object goes
+            self._unloaded(name, old)
 
     def _swap(self, name: str, model: LoadedModel) -> None:
         previous = self._served.get(name)
@@ -459,6 +463,32 @@ class ModelManager:
         self.metrics.loaded_version.labels(name).set(model.version)
         log.info("model %r now serves version %d (was %s; load %.2f s; %s)", name, model.version,
                  previous.version if previous else "nothing", model.load_seconds, _mask(model.uri))
+        self._evict(name)
+
+    def _evict(self, name: str) -> None:
+        """Keep the ``keep_versions`` most recently served versions; the served one always stays."""
+        lru = self._lru[name]
+        served = self._served.get(name)
+        versions = dict(self._versions[name])
+        lru = [v for v in lru if v in versions]
+        evicted = []
+        while len(lru) > self.keep_versions:
+            victim = next((v for v in lru if not (served and served.version == v)), None)
+            if victim is None:
+                break
+            lru.remove(victim)
+            evicted.append(versions.pop(victim))
+        self._lru[name] = lru
+        self._versions = {**self._versions, name: versions}  # publish
+        self.metrics.cached_versions.labels(name).set(len(versions))
+        for gone in evicted:
+            self._unloaded(name, gone)
+
+    def _unloaded(self, name: str, model: LoadedModel) -> None:
+        # Requests still holding the object finish on it (it is in memory); only files go.
+        log.info("model %r version %d unloaded from the cache", name, model.version)
+        if model.bundle_dir is not None:
+            shutil.rmtree(model.bundle_dir, ignore_errors=True)
 
 
 def _status_entry(version: int, state: str, code: str, message: str) -> dict[str, Any]:
