@@ -404,9 +404,16 @@ def test_publish_model_never_overwrites_an_orphan_with_other_content(tmp_path, b
     assert load_bundle(tmp_path / "store" / "models" / "churn" / "2").checksum == manifest["checksum"]
 
 
-def test_concurrent_publish_model_of_the_same_run(tmp_path, built):
+@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def reg_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/reg.db"
+    return request.getfixturevalue("mariadb_url")
+
+
+def test_concurrent_publish_model_of_the_same_run(tmp_path, built, reg_url):
     out, _ = built
-    url = f"sqlite:///{tmp_path}/reg.db"
+    url = reg_url
     ModelRegistry(url).create_tables()
     root = str(tmp_path / "store")
     n = 4
@@ -453,3 +460,40 @@ def test_publish_and_fetch_through_real_hdfs(tmp_path, built, hdfs_root):
     assert storage.list_dir(f"{hdfs_root}/models/churn") == sorted(
         f"1/{rel}" for rel in [*manifest["files"], "manifest.json"]
     )
+
+
+def test_concurrent_publish_model_of_different_runs(tmp_path, reg_url):
+    """Different runs racing for the same model: distinct versions, each bundle at its own version."""
+    url = reg_url
+    ModelRegistry(url).create_tables()
+    root = str(tmp_path / "store")
+    n = 4
+    bundles = []
+    for i in range(n):
+        out = tmp_path / f"b{i}"
+        build_bundle(out, **_inputs(tmp_path / f"in{i}", model_bytes=f"model {i}".encode()))
+        bundles.append(out)
+    barrier = threading.Barrier(n)
+    results, errors = {}, []
+
+    def worker(i):
+        reg = ModelRegistry(url)
+        try:
+            barrier.wait()
+            results[i] = publish_model(reg, bundles[i], root, "churn", dag_id="d", run_id=f"run-{i}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            reg.dispose()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(r.version for r in results.values()) == list(range(1, n + 1))
+    for i, rec in results.items():
+        published = load_bundle(rec.bundle_uri)  # verified
+        assert published.checksum == rec.checksum == load_bundle(bundles[i]).checksum
+        assert (published.model_dir / "model.json").read_bytes() == f"model {i}".encode()

@@ -370,6 +370,10 @@ def test_publish_argument_checks(reg):
         reg.publish(name="m", bundle_uri="/x", framework="xgboost", dag_id="d")
     with pytest.raises(RegistryError, match="run_id is longer than 250"):
         reg.publish(name="m", bundle_uri="/x", framework="xgboost", dag_id="d", run_id="r" * 251)
+    # the longest ids Airflow allows fit (and the event's created_by is cut to its column)
+    rec = reg.publish(name="m", bundle_uri="/x", framework="xgboost", dag_id="d" * 250, run_id="r" * 250)
+    assert (rec.dag_id, rec.run_id) == ("d" * 250, "r" * 250)
+    assert reg.events("m")[0].created_by == ("d" * 250 + "/" + "r" * 250)[:250]
 
 
 # -- URLs, errors, the hook -------------------------------------------------------------------

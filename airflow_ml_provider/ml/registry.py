@@ -437,7 +437,7 @@ class ModelRegistry:
 
     def _scrub(self, text: str) -> str:
         password = self.url.password
-        if password:
+        if password and len(str(password)) >= 4:  # shorter ones would mangle ordinary words
             text = text.replace(str(password), "***")
         return text
 
@@ -697,6 +697,8 @@ class ModelRegistry:
             if value is not None and len(str(value)) > 250:
                 raise RegistryError(f"model {name!r}: {label} is longer than 250 characters")
         metrics_text = dumps_metrics(metrics)
+        event_by = created_by or (f"{dag_id}/{run_id}" if dag_id else None)
+        event_by = event_by[:250] if event_by else None
         if not self._tables_ok:
             self.create_tables()
 
@@ -733,7 +735,7 @@ class ModelRegistry:
                             version=target,
                             action=ACTION_PUBLISH,
                             created_at=now,
-                            created_by=created_by or (f"{dag_id}/{run_id}" if dag_id else None),
+                            created_by=event_by,
                             reason=None,
                         )
                     )
