@@ -38,7 +38,7 @@ from airflow_ml_provider.operators.sample import SampleOperator
 from airflow_ml_provider.operators.train import XGBoostTrainOperator
 
 ML_HOME = os.environ.get("AIRFLOW_ML_HOME") or os.path.join(os.path.expanduser("~"), "airflow-ml")
-MODEL_NAME = os.environ.get("AIRFLOW_ML_MODEL_NAME", "audio_listen_30s")
+MODEL_NAME = os.environ.get("AIRFLOW_ML_MODEL_NAME") or "audio_listen_30s"
 SOURCE_CONN_ID = os.environ.get("AIRFLOW_ML_SOURCE_CONN_ID") or "ml_audio_sqlite"
 if SOURCE_CONN_ID == "ml_audio_sqlite":
     # the embedded default: the SQLite file the demo generates (a real connection of that id wins
