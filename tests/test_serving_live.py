@@ -39,7 +39,7 @@ class Server:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"server-{self.port}.log"
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "airflow_ml_provider.cli", "serve", "--registry", registry_url, "--models", MODEL,
              "--port", str(self.port), "--poll-seconds", str(POLL), *extra],
@@ -97,7 +97,9 @@ def test_swap_under_load_five_versions_one_corrupt_then_rollback(tmp_path, maria
     published[rec.version] = time.monotonic()
     expected[rec.version] = _scores(built[0], frame)
 
-    server = Server(mariadb_url, tmp_path, "--keep-versions", "6")
+    server = Server(mariadb_url, tmp_path, "--keep-versions", "6", "--max-body-bytes", "3000",
+                    env={"AIRFLOW_ML_SERVE_TOKEN": "tok"})
+    auth = {"authorization": "Bearer tok"}
     try:
         server.wait_ready()
         stop = threading.Event()
@@ -105,7 +107,7 @@ def test_swap_under_load_five_versions_one_corrupt_then_rollback(tmp_path, maria
         lock = threading.Lock()
 
         def client() -> None:
-            with httpx.Client(base_url=server.base, timeout=10) as c:
+            with httpx.Client(base_url=server.base, timeout=10, headers=auth) as c:
                 while not stop.is_set():
                     t0 = time.monotonic()
                     try:
@@ -134,16 +136,19 @@ def test_swap_under_load_five_versions_one_corrupt_then_rollback(tmp_path, maria
             else:
                 expected[rec.version] = _scores(built[i], frame)
             time.sleep(1.5)
-        # Rollback to version 2 (still loaded): must be served within one poll.
-        reg.rollback(MODEL, 2)
+        # `airflow-ml models rollback` to version 2 (still loaded): must be served within one poll.
+        from airflow_ml_provider.cli import main as cli
+
+        assert cli(["models", "rollback", MODEL, "--to", "2", "--registry", mariadb_url, "--reason", "test"]) == 0
         rollback_at = time.monotonic()
         time.sleep(POLL + 1.0)
         stop.set()
         for t in threads:
             t.join(15)
 
-        status_doc = httpx.get(f"{server.base}/v1/models/{MODEL}").json()["model_version_status"]
-        metrics = httpx.get(f"{server.base}/metrics").text
+        status_doc = httpx.get(f"{server.base}/v1/models/{MODEL}", headers=auth).json()["model_version_status"]
+        metrics = httpx.get(f"{server.base}/metrics", headers=auth).text
+        _check_limits_and_auth(server, row_dicts(built[0].valid_frame), auth)
         health = httpx.get(f"{server.base}/healthz")
     finally:
         server.stop()
@@ -189,38 +194,27 @@ def test_swap_under_load_five_versions_one_corrupt_then_rollback(tmp_path, maria
     assert health.status_code == 200
 
 
-def test_live_limits_auth_and_chunked_body(tmp_path):
-    """Over a real socket: token from the environment, 413 on Content-Length and on a chunked body."""
+def _check_limits_and_auth(server: Server, rows: list[dict], auth: dict) -> None:
+    """Over a real socket: the token from the environment, 413 on Content-Length and on a chunked body."""
     import httpx
 
-    built = build_model(tmp_path / "m", seed=1, rounds=5, n=400)
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
-    reg = ModelRegistry(url)
-    reg.create_tables()
-    publish(reg, built.bundle_dir, tmp_path / "store")
-    server = Server(url, tmp_path, "--max-body-bytes", "2000", env={"AIRFLOW_ML_SERVE_TOKEN": "tok"})
-    try:
-        server.wait_ready()
-        auth = {"authorization": "Bearer tok"}
-        rows = row_dicts(built.valid_frame)
-        predict = f"{server.base}/v1/models/{MODEL}:predict"
-        assert httpx.post(predict, json={"instances": rows[:1]}).status_code == 401
-        r = httpx.post(predict, json={"instances": rows[:2]}, headers=auth)
-        assert r.status_code == 200 and r.json()["model_version"] == 1
-        r = httpx.post(predict, json={"instances": rows[:50]}, headers=auth)
-        assert r.status_code == 413 and "2000" in r.json()["error"]
+    predict = f"{server.base}/v1/models/{MODEL}:predict"
+    r = httpx.post(predict, json={"instances": rows[:1]})
+    assert r.status_code == 401 and "bearer token" in r.json()["error"]
+    assert httpx.post(predict, json={"instances": rows[:1]}, headers={"authorization": "Bearer no"}).status_code == 401
+    r = httpx.post(predict, json={"instances": rows[:2]}, headers=auth)
+    assert r.status_code == 200 and r.json()["model_version"] == 2
+    r = httpx.post(predict, json={"instances": rows[:50]}, headers=auth)
+    assert r.status_code == 413 and "limit of 3000 bytes" in r.json()["error"]
 
-        def chunks():
-            data = json.dumps({"instances": rows[:50]}).encode()
-            for i in range(0, len(data), 500):
-                yield data[i:i + 500]
+    def chunks():
+        data = json.dumps({"instances": rows[:50]}).encode()
+        for i in range(0, len(data), 500):
+            yield data[i:i + 500]
 
-        r = httpx.post(predict, content=chunks(), headers=auth)
-        assert r.status_code == 413 and "limit of 2000 bytes" in r.json()["error"]
-        r = httpx.post(predict, content=b'{"instances": [', headers=auth)
-        assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
-        assert httpx.get(f"{server.base}/healthz").status_code == 200
-        assert httpx.get(f"{server.base}/metrics").status_code == 401
-        assert "airflow_ml_serving_swaps_total" in httpx.get(f"{server.base}/metrics", headers=auth).text
-    finally:
-        server.stop()
+    r = httpx.post(predict, content=chunks(), headers=auth)  # Transfer-Encoding: chunked
+    assert r.status_code == 413 and "limit of 3000 bytes" in r.json()["error"]
+    r = httpx.post(predict, content=b'{"instances": [', headers=auth)
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
+    assert httpx.get(f"{server.base}/metrics").status_code == 401
+    assert httpx.get(f"{server.base}/readyz").status_code == 200  # probes need no token
