@@ -123,3 +123,137 @@ def test_dump_round_trip():
     text = dump_properties(data)
     text.encode("iso-8859-1")  # dumped text is pure latin-1
     assert parse_properties(text) == data
+
+
+# ---------------------------------------------------------------------------------------------
+# oracle: the real java.util.Properties.load on the same bytes
+# ---------------------------------------------------------------------------------------------
+JAVA_DUMP = r"""
+import java.io.*;
+import java.util.*;
+
+public class PropsDump {
+    static String hex(String s) {
+        StringBuilder b = new StringBuilder("x");
+        for (char c : s.toCharArray()) b.append(String.format("%04x", (int) c));
+        return b.toString();
+    }
+
+    public static void main(String[] args) throws Exception {
+        for (String f : args) {
+            System.out.println("FILE " + f);
+            Properties p = new Properties();
+            try (InputStream in = new FileInputStream(f)) {
+                p.load(in);
+            } catch (IllegalArgumentException e) {
+                System.out.println("ERROR");
+                continue;
+            }
+            for (String k : p.stringPropertyNames()) System.out.println(hex(k) + " " + hex(p.getProperty(k)));
+        }
+    }
+}
+"""
+
+TRICKY = [
+    "a=1\nb = 2\nc:3\nd 4\n  e\t=\t5  \n",
+    "key\\ with\\ spaces = v\\=w\\:x\n",
+    "multi = one \\\n   two \\\n\tthree\n",
+    "even=x\\\\\nnext=y\n",
+    "# c \\\nnot=continued\n! bang\n",
+    "a:=b\nc==d\ne:f:g\nh = = i\n",
+    "u=\\u0041\\u00e9\\uD83D\\uDE00\n",
+    "esc=\\t\\n\\r\\f\\q\\\\\n",
+    "crlf=1\r\nonlycr=2\rlast=3",
+    "trailing=v   \n",
+    "dangling=v\\",
+    "\\#hash=1\n\\!bang=2\n",
+    "  \\ lead=1\n",
+    "k\\\n  ey=joined\n",
+    "empty\n=novalue\n:alsonone\n",
+    "bad=\\u12G4\n",
+    "dup=1\ndup=2\n",
+]
+
+
+def _fuzz_cases(n: int = 150) -> list[str]:
+    import random
+
+    rng = random.Random(20240611)
+    alphabet = [
+        "a",
+        "b",
+        "=",
+        ":",
+        " ",
+        "\t",
+        "\\",
+        "\\",
+        "\n",
+        "\r\n",
+        "#",
+        "!",
+        "u",
+        "0",
+        "4",
+        "f",
+        "\u00e9",
+    ]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(n)]
+
+
+def _decode_hex(h: str) -> str:
+    units = [int(h[i : i + 4], 16) for i in range(1, len(h), 4)]
+    return b"".join(u.to_bytes(2, "big") for u in units).decode("utf-16-be", "surrogatepass")
+
+
+def test_matches_java_util_properties(tmp_path):
+    import shutil
+    import subprocess
+
+    from tests.fixtures.services import require_service
+
+    java = shutil.which("java")
+    require_service(
+        bool(java and shutil.which("javac")), "a JDK (java + javac) to run java.util.Properties as the oracle"
+    )
+    src = tmp_path / "PropsDump.java"
+    src.write_text(JAVA_DUMP)
+    subprocess.run(["javac", "-d", str(tmp_path), str(src)], check=True, capture_output=True, timeout=120)
+    cases = TRICKY + _fuzz_cases()
+    paths = []
+    for i, text in enumerate(cases):
+        p = tmp_path / f"case{i}.properties"
+        p.write_bytes(text.encode("iso-8859-1"))
+        paths.append(str(p))
+    out = subprocess.run(
+        ["java", "-cp", str(tmp_path), "PropsDump", *paths],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+    java_results: dict[str, dict[str, str] | None] = {}
+    current = None
+    for line in out.splitlines():
+        if line.startswith("FILE "):
+            current = line[5:]
+            java_results[current] = {}
+        elif line == "ERROR":
+            java_results[current] = None
+        else:
+            k, v = line.split(" ")
+            java_results[current][_decode_hex(k)] = _decode_hex(v)
+    assert len(java_results) == len(cases)
+    assert java_results[paths[TRICKY.index("bad=\\u12G4\n")]] is None  # Java rejects it too
+    assert java_results[paths[0]] == {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5  "}
+    mismatches = []
+    for path, text in zip(paths, cases):
+        expected = java_results[path]
+        try:
+            ours = load_properties(path)
+        except PropertiesError:
+            ours = None
+        if ours != expected:
+            mismatches.append((text, expected, ours))
+    assert not mismatches, mismatches[:3]
