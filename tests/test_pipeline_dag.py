@@ -45,12 +45,12 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _asset_events(airflow_home: Path, uri: str) -> list[dict]:
+def _asset_events(airflow_home: Path, name: str) -> list[dict]:
     con = sqlite3.connect(str(airflow_home / "airflow.db"))
     try:
         rows = con.execute(
             "SELECT e.extra, e.source_run_id, e.source_task_id FROM asset_event e JOIN asset a ON a.id = e.asset_id "
-            "WHERE a.uri = ? ORDER BY e.id", (uri,)
+            "WHERE a.name = ? ORDER BY e.id", (name,)
         ).fetchall()
     finally:
         con.close()
@@ -122,7 +122,7 @@ def test_full_run_publishes_a_verified_bundle_and_a_registry_row(first_run, ml_h
     assert auc_score(raw_test["label"].to_numpy(), scores) == pytest.approx(bundle.metrics["auc"], abs=1e-6)
 
     # the Asset event for "a new model was published"
-    events = _asset_events(airflow_home, f"ml-model://{MODEL}")
+    events = _asset_events(airflow_home, f"ml-model-{MODEL}")
     assert [e["run_id"] for e in events] == [run_id]
     assert events[0]["extra"]["version"] == 1 and events[0]["extra"]["uri"] == rec.bundle_uri
     # the task log shows the per-iteration progress of training
@@ -154,7 +154,7 @@ def test_failed_gate_skips_publish_and_disabled_task_is_honoured(first_run, ml_h
     reg = ModelRegistry(f"sqlite:///{ml_home / 'registry.db'}")
     assert [r.version for r in reg.list(MODEL)] == [1]
     assert not (ml_home / "storage" / "models" / MODEL / "2").exists()
-    assert len(_asset_events(airflow_home, f"ml-model://{MODEL}")) == 1
+    assert len(_asset_events(airflow_home, f"ml-model-{MODEL}")) == 1
 
 
 def _safe(run_id: str) -> str:
