@@ -292,9 +292,12 @@ def test_a_reader_never_sees_half_a_bundle(tmp_path):
     seen = {"complete": 0, "absent": 0}
     errors: list[Exception] = []
     done = threading.Event()
+    watching = threading.Event()
 
     def reader():
         while not done.is_set() or not seen["complete"]:
+            if seen["absent"]:
+                watching.set()
             if target.exists():
                 try:
                     verify_bundle(target)
@@ -308,6 +311,7 @@ def test_a_reader_never_sees_half_a_bundle(tmp_path):
 
     t = threading.Thread(target=reader)
     t.start()
+    assert watching.wait(30)  # the reader is polling before the upload starts
     publish_bundle(out, str(tmp_path / "store"), "big", 1)
     done.set()
     t.join(30)
