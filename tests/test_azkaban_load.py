@@ -616,3 +616,20 @@ def test_directory_project_context_manager_is_harmless(tmp_path):
     with load_project(proj) as p:
         assert p.root == proj.resolve()
     assert (proj / "a.job").exists()  # close() never touches a directory source
+
+
+def test_yaml_alias_bomb_and_self_reference_are_refused(tmp_path):
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 30):  # 10 * 3**29 values once aliases are followed
+        lines.append(f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}]")
+    bomb = "\n".join(lines) + "\nnodes:\n  - name: j\n    type: noop\n    config:\n      big: *l29\n"
+    loop = "nodes: &n\n  - name: j\n    type: noop\n    config:\n      me: *n\n"
+    fine = "anchors: &c {k: v}\nnodes:\n  - name: j\n    type: noop\n    config: *c\n"
+    p = load_project(
+        write(tmp_path / "p", {"p.project": PROJECT, "bomb.flow": bomb, "loop.flow": loop, "fine.flow": fine})
+    )
+    errs = {e.file: e for e in p.errors if e.kind == Kind.INVALID_YAML}
+    assert set(errs) == {"bomb.flow", "loop.flow"}
+    assert "aliases expand past" in errs["bomb.flow"].message
+    assert "recursive" in errs["loop.flow"].message
+    assert p.flows["fine"].node("j").props == {"k": "v"}

@@ -89,10 +89,32 @@ class FlowYamlError(ValueError):
         super().__init__(message)
 
 
+#: the most values a parsed file may expand to once aliases are followed (anchor "bombs")
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+def _expanded_size_ok(data: Any, limit: int) -> bool:
+    """False when following aliases would visit more than ``limit`` values (or loops forever)."""
+    count = 0
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > limit:
+            return False
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return True
+
+
 def parse_flow_yaml(text: str) -> Any:
-    """Parse YAML keeping mapping lines (``obj.line``). Raises :class:`FlowYamlError`."""
+    """Parse YAML keeping mapping lines (``obj.line``). Raises :class:`FlowYamlError`, also for
+    a document whose aliases expand past :data:`MAX_EXPANDED_VALUES` values or refer to themselves."""
     try:
-        return yaml.load(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -105,6 +127,11 @@ def parse_flow_yaml(text: str) -> Any:
             + (f" at line {line}{col}" if line else "")
         )
         raise FlowYamlError(msg, line) from exc
+    if not _expanded_size_ok(data, MAX_EXPANDED_VALUES):
+        raise FlowYamlError(
+            f"invalid YAML: aliases expand past {MAX_EXPANDED_VALUES} values (or refer to themselves)"
+        )
+    return data
 
 
 def java_string(value: Any) -> str:
