@@ -147,7 +147,7 @@ def main() -> None:
         reg = ModelRegistry(registry_url)
         reg.create_tables()
         publish(reg, built.bundle_dir, work / "store")
-        rows = row_dicts(built.valid_frame)[:N_BODIES * 100]
+        rows = row_dicts(built.valid_frame)
         X = built.valid_X
         print(f"model: xgboost, 100 rounds, depth 4, {X.shape[1]} features from "
               f"{len(built.fitted.input_columns)} raw columns (built in {time.perf_counter() - t0:.1f} s)")
@@ -170,9 +170,10 @@ def main() -> None:
 
         single_ours = [json.dumps({"instances": [r]}).encode() for r in rows[:N_BODIES]]
         single_base = [json.dumps({"instances": [X[i].tolist()]}).encode() for i in range(N_BODIES)]
-        batch_ours = [json.dumps({"instances": rows[i * 100:(i + 1) * 100]}).encode() for i in range(N_BODIES)]
-        batch_base = [json.dumps({"instances": X[i * 100:(i + 1) * 100].tolist()}).encode()
-                      for i in range(N_BODIES)]
+        n_rows = min(len(rows), len(X))
+        batches = [[(i * 100 + j) % n_rows for j in range(100)] for i in range(N_BODIES)]
+        batch_ours = [json.dumps({"instances": [rows[k] for k in idx]}).encode() for idx in batches]
+        batch_base = [json.dumps({"instances": X[idx].tolist()}).encode() for idx in batches]
         # Both answer the same scores for the same rows (ours from raw features).
         a = _post(our_url, batch_ours[0])["predictions"]
         b = _post(base_url, batch_base[0])["predictions"]

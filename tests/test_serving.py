@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
+from airflow_ml_provider.ml.features import NumericTransformer, Option
 from airflow_ml_provider.ml.registry import ModelRegistry
 from airflow_ml_provider.serving import ModelManager, create_app
-from tests.test_serving_support import MODEL, build_model, call, predict_body, publish, row_dicts
+from tests.test_serving_support import MODEL, SPEC_YAML, build_model, call, predict_body, publish, row_dicts
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -185,14 +187,62 @@ def test_registry_down_keeps_serving(models, env, tmp_path):
 def test_missing_bundle_keeps_old_version(models, env, tmp_path):
     reg, store = env
     publish(reg, models[0].bundle_dir, store)
-    app, manager = _app(reg, tmp_path)
+    _, manager = _app(reg, tmp_path)
     manager.poll_once()
     rec = publish(reg, models[1].bundle_dir, store)
     shutil.rmtree(rec.bundle_uri.replace("file://", ""))
     manager.poll_once()
     assert manager.get(MODEL).version == 1
-    entry = [e for e in manager.status(MODEL) if e["version"] == "2"][0]
+    entry = next(e for e in manager.status(MODEL) if e["version"] == "2")
     assert entry["state"] == "END" and "version 2" in entry["status"]["error_message"]
+    manager.close()
+
+
+class Shift(NumericTransformer):
+    """A custom transformer (referenced from the spec by dotted path)."""
+
+    name = "serving_test_shift"
+    version = 1
+    options: ClassVar[dict] = {"by": Option("number", default=1.0)}
+
+    def transform_batch(self, x):
+        return x + self.opts["by"]
+
+    def transform_value(self, x):
+        return x + self.opts["by"]
+
+
+def test_custom_transformer_changes_only_through_a_new_bundle(env, tmp_path, monkeypatch):
+    reg, store = env
+    spec = SPEC_YAML.replace("  - name: hour\n    dtype: numeric\n",
+                             '  - name: hour\n    dtype: numeric\n    transforms: ["tests.test_serving:Shift": {by: 2}]\n')
+    assert "Shift" in spec
+    a = build_model(tmp_path / "a", seed=0, rounds=5, n=600, spec_yaml=spec)
+    publish(reg, a.bundle_dir, store)
+    app, manager = _app(reg, tmp_path, keep_versions=1)
+    manager.poll_once()
+    rows = row_dicts(a.valid_frame)[:3]
+    before = call(app, "POST", f"/v1/models/{MODEL}:predict", predict_body(rows))[2]
+    assert before["model_version"] == 1 and _f32_bits(before["predictions"]) == _f32_bits(a.offline[:3])
+
+    # The transformer's code changes in place (a new version installed): nothing changes silently.
+    monkeypatch.setattr(Shift, "version", 2)
+    manager.poll_once()
+    assert call(app, "POST", f"/v1/models/{MODEL}:predict", predict_body(rows))[2] == before
+    # It reaches the service inside a new bundle fitted with it.
+    b = build_model(tmp_path / "b", seed=0, rounds=5, n=600, spec_yaml=spec)
+    publish(reg, b.bundle_dir, store)
+    manager.poll_once()
+    assert call(app, "POST", f"/v1/models/{MODEL}:predict", predict_body(rows))[2]["model_version"] == 2
+    # An old bundle whose recorded transformer version is not the installed one is refused on load
+    # (version 1 was evicted: keep_versions=1), and version 2 keeps serving.
+    reg.rollback(MODEL, 1)
+    manager.poll_once()
+    assert manager.get(MODEL).version == 2
+    entry = next(e for e in manager.status(MODEL) if e["version"] == "1")
+    assert entry["state"] == "END"
+    assert "tests.test_serving:Shift' version 1 was used to fit this spec, but version 2 is installed" in \
+        entry["status"]["error_message"]
     manager.close()
 
 

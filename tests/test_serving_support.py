@@ -106,7 +106,8 @@ class BuiltModel:
     offline: np.ndarray  # the training run's predictions on the validation split
 
 
-def build_model(workdir: Path, *, seed: int = 0, rounds: int = 20, n: int = 1500) -> BuiltModel:
+def build_model(workdir: Path, *, seed: int = 0, rounds: int = 20, n: int = 1500,
+                spec_yaml: str = SPEC_YAML) -> BuiltModel:
     """Fit the spec, train xgboost and build a bundle in ``workdir/bundle`` (all real core APIs)."""
     from airflow_ml_provider.ml.bundle import build_bundle
     from airflow_ml_provider.ml.feature_table import Dataset
@@ -118,7 +119,7 @@ def build_model(workdir: Path, *, seed: int = 0, rounds: int = 20, n: int = 1500
     frame = make_frame(n, seed)
     cut = int(n * 0.8)
     train_df, valid_df = frame.iloc[:cut].reset_index(drop=True), frame.iloc[cut:].reset_index(drop=True)
-    spec = FeatureSpec.from_yaml(SPEC_YAML)
+    spec = FeatureSpec.from_yaml(spec_yaml)
     fitted = fit(spec, train_df)
     Xt = fitted.transform(train_df)
     Xv = fitted.transform(valid_df)
@@ -150,7 +151,7 @@ def publish(registry, bundle_dir: Path, store: Path, name: str = MODEL, *, corru
     uri = publish_bundle(bundle_dir, store.as_uri(), name, version)
     if corrupt:
         target = Path(uri.replace("file://", "")) / "model"
-        victim = sorted(p for p in target.rglob("*") if p.is_file() and p.name != "metadata.json")[0]
+        victim = min(p for p in target.rglob("*") if p.is_file() and p.name != "metadata.json")
         data = bytearray(victim.read_bytes())
         data[len(data) // 2] ^= 0xFF
         victim.write_bytes(bytes(data))
