@@ -251,3 +251,58 @@ def test_generated_file_is_short_and_uses_the_runtime(corpus, tmp_path):
     assert f"condition={py_literal(chr(36) + '{jobA:props} == ' + chr(39) + 'foo' + chr(39))}" in text
     assert "condition=\"one_success && ${jobA:props} == 'foo'\"" in text
     assert len(text.splitlines()) < 60
+
+
+EXECPROPS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow_ml_provider.azkaban.runtime import resolve_props
+    bag = DagBag(sys.argv[1])
+    out = {}
+    for dag_id, task_id in (("job3", "job2"), ("job3", "innerflow.job4"), ("job3", "job3")):
+        t = bag.dags[dag_id].get_task(task_id)
+        # precedence: .properties chain < flow params (incl. a run-time one) < outputs < .job
+        layers = [t.inherited, t.flow_props, {"props7": "execflow7"}, *t.embedding_props, {}, t.props]
+        out[task_id] = resolve_props(layers, job=task_id)
+    print("@@JSON@@" + json.dumps(out))
+    """
+)
+
+
+def test_execpropstest_precedence_in_generated_dags(corpus, tmp_path):
+    """EXPECTED.md: job2 resolves to props1=shared1, props2=job2, props3=moo3, props4=shared4,
+    props8=shared8, props7=job7 (the .job file beats a flow parameter props7=execflow7)."""
+    out = tmp_path / "dags"
+    assert migrate(corpus / "execution-test-data/execpropstest", out).exit_code == 0
+    home = tmp_path / "ah"
+    home.mkdir()
+    env = dict(os.environ, AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    proc = subprocess.run(
+        [sys.executable, "-c", EXECPROPS_SCRIPT, str(out)],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(
+        next(x for x in proc.stdout.splitlines() if x.startswith("@@JSON@@")).removeprefix("@@JSON@@")
+    )
+    job2 = got["job2"]
+    assert {k: job2[k] for k in ("props1", "props2", "props3", "props4", "props7", "props8")} == {
+        "props1": "shared1",
+        "props2": "job2",
+        "props3": "moo3",
+        "props4": "shared4",
+        "props7": "job7",
+        "props8": "shared8",
+    }
+    # inside the embedded flow: the embedding job's properties are the flow parameters
+    job4 = got["innerflow.job4"]
+    assert job4["props5"] == "innerflow5" and job4["props6"] == "innerflow6"
+    assert job4["props8"] == "job8" and job4["props9"] == "job9"
+    # the embedded job's own directory chain (subdir/shared.properties) is its lowest layer;
+    # the embedding job passes down only its own properties, not its chain
+    assert job4["props4"] == "shared4" and job4["props3"] == "moo3"
+    assert got["job3"]["props3"] == "job3" and got["job3"]["props7"] == "execflow7"

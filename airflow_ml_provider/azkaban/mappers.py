@@ -72,7 +72,9 @@ class GroupPlan:
     name: str
     members: list[TaskPlan | GroupPlan] = field(default_factory=list)
     edges: list[tuple[str, str]] = field(default_factory=list)
-    flow_props: dict[str, str] | None = None  # for embedded flows: the embedding node's props
+    # for embedded flows: the own properties of each embedding node, outermost first (Azkaban
+    # passes them down as the sub-flow's input properties, above the flow's parameters)
+    embedding_props: list[dict[str, str]] | None = None
     flow_name: str = ""
 
 
@@ -172,8 +174,9 @@ def _map_group(
     dag_flow: str,
     problems: list[Problem],
     stack: tuple[int, ...],
+    embedding: list[dict[str, str]] | None = None,
 ) -> GroupPlan:
-    group = GroupPlan(name=group_name, flow_name=flow.name)
+    group = GroupPlan(name=group_name, flow_name=flow.name, embedding_props=embedding)
     try:
         order = flow.topological_order()
     except Exception:  # noqa: BLE001 - a cycle is reported by the reader; keep file order
@@ -224,8 +227,15 @@ def _map_group(
                     )
                 )
                 continue
-            child = _map_group(sub, name, f"{task_id}.", dag_flow, problems, (*stack, id(sub)))
-            child.flow_props = _clean(node.merged_props())
+            child = _map_group(
+                sub,
+                name,
+                f"{task_id}.",
+                dag_flow,
+                problems,
+                (*stack, id(sub)),
+                [*(embedding or []), _clean(node.props)],
+            )
             if condition:
                 # Azkaban evaluates the condition of the embedding node once; here each first job
                 # of the embedded flow checks it, against the same parents.

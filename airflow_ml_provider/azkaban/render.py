@@ -109,9 +109,9 @@ def render_dag(plan: DagPlan, resource_dir: str) -> str:
                     if g is member:
                         vars_by_name[g.name] = var
                     args = [py_literal(g.name)]
-                    if g.flow_props:
+                    if g.embedding_props:
                         args.append(
-                            f"default_args={{{py_literal('flow_props')}: {py_literal(g.flow_props)}}}"
+                            f"default_args={{{py_literal('embedding_props')}: {py_literal(g.embedding_props)}}}"
                         )
                     items.append(f"TaskGroup({', '.join(args)}) as {var}")
                 body.append(f"{indent}with {', '.join(items)}:")

@@ -10,7 +10,8 @@ at run time happens here, in :class:`AzkabanJobOperator`:
   condition cancels the job, shown as *skipped* (:class:`~airflow.sdk.exceptions.AirflowSkipException`);
 * ``${name}`` substitution with Azkaban's precedence, lowest to highest: the directory's
   ``.properties`` chain, the flow's parameters and the built-ins (``azkaban.flow.flowid`` ...),
-  the outputs of the direct upstream jobs, the ``.job`` file itself;
+  for a job of an embedded flow the embedding jobs' own properties (outermost first), the
+  outputs of the direct upstream jobs, the ``.job`` file itself;
 * ``JOB_PROP_FILE``, ``JOB_NAME`` and ``JOB_OUTPUT_PROP_FILE`` in the environment; the JSON a job
   writes to ``JOB_OUTPUT_PROP_FILE`` is its XCom return value, which children read;
 * the job types ``command`` (no shell: each line split on spaces, respecting quotes),
@@ -209,8 +210,10 @@ class AzkabanJobOperator(BaseOperator):
         other, which fails at run time showing the job's properties).
     :param props: the properties written in the job's own ``.job`` file / Flow 2.0 ``config``.
     :param inherited: properties inherited from the directory's ``.properties`` chain.
-    :param flow_props: the flow's parameters (Flow 2.0 flow ``config``, the embedding job's
-        properties for an embedded flow); the run's ``conf["flow_params"]`` overrides them.
+    :param flow_props: the flow's parameters (Flow 2.0 flow ``config``, a schedule's
+        ``flowParameters``); the run's ``conf["flow_params"]`` overrides them.
+    :param embedding_props: for a job of an embedded flow, the own properties of each embedding
+        job, outermost first (set by the TaskGroup's ``default_args``).
     :param condition: the Azkaban ``condition`` text, or None.
     :param project_dir: the directory holding the project's resource files (the default
         working directory, as Azkaban runs jobs in the project's execution directory).
@@ -230,6 +233,7 @@ class AzkabanJobOperator(BaseOperator):
         props: Mapping[str, str] | None = None,
         inherited: Mapping[str, str] | None = None,
         flow_props: Mapping[str, str] | None = None,
+        embedding_props: Sequence[Mapping[str, str]] | None = None,
         condition: str | None = None,
         project_dir: str | None = None,
         project: str = "",
@@ -243,6 +247,7 @@ class AzkabanJobOperator(BaseOperator):
         self.props = dict(props or {})
         self.inherited = dict(inherited or {})
         self.flow_props = dict(flow_props or {})
+        self.embedding_props = [dict(p) for p in embedding_props or ()]
         self.condition = condition
         self.project_dir = project_dir
         self.project = project
@@ -328,6 +333,7 @@ class AzkabanJobOperator(BaseOperator):
             self.flow_props,
             dict(run_flow_params or {}),
             builtin_props(context, flow_id=self.flow_id, project=self.project, task_id=self.task_id),
+            *self.embedding_props,
             parent_outputs,
             self.props,
         ]
