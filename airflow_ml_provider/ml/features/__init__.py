@@ -16,7 +16,7 @@ See docs/features.md for the spec format and every transformer.
 """
 
 from .errors import FeatureError, FeatureSpecError, FeatureTypeError, MissingFeatureError
-from .fitted import FORMAT_VERSION, FittedSpec, fit
+from .fitted import FORMAT_VERSION, FittedSpec, fit, fit_transform
 from .registry import ENTRY_POINT_GROUP, available_transformers, get_transformer_class
 from .spec import FeatureDef, FeatureSpec
 from .transformers import KeyTransformer, NumericTransformer, Option, OptionError, Transformer
@@ -45,6 +45,7 @@ __all__ = [
     "Transformer",
     "available_transformers",
     "fit",
+    "fit_transform",
     "get_transformer_class",
     "load_fitted",
     "stable_hash",

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import FeatureError, FeatureSpecError, FeatureTypeError, MissingFeatureError
 from .registry import TransformerLookupError, get_transformer_class
+from .rowcode import compile_row_function
 from .spec import FeatureDef, FeatureSpec
 from .transformers import (
     CATEGORICAL,
@@ -32,12 +33,44 @@ from .transformers import (
     OneHotBlock,
     Transformer,
 )
-from .values import NAN, KeyColumn, to_float, to_key, to_key_list
+from .values import F32_OVERFLOW, NAN, KeyColumn, to_float, to_key, to_key_list
 
 FORMAT = "airflow-ml-provider/fitted-feature-spec"
 FORMAT_VERSION = 1
 
 _ABSENT = object()
+#: Rows per block of the batch transform (fits the CPU cache with ~200 output columns).
+_BLOCK_ROWS = 8192
+
+
+def _write(blk: np.ndarray, flat: np.ndarray, comp: Any, v: Any, b0: int, b1: int, sliced: bool) -> None:
+    """Write one feature's output for rows [b0, b1) into the output block (``flat`` is its 1-D view)."""
+    off = comp.offset
+    width = blk.shape[1]
+    if comp.kind == NUMERIC:
+        v = np.asarray(v if sliced else v[b0:b1], dtype=np.float64)
+        nan = np.isnan(v)
+        if nan.any():
+            v = np.where(nan, NAN, v)  # one canonical NaN
+        big = np.abs(v) >= F32_OVERFLOW
+        if big.any():
+            v = np.where(big, np.copysign(np.inf, v), v)  # beyond float32: +-inf, as in the row path
+        blk[:, off] = v
+    elif comp.kind == ONE_HOT:
+        idx = v.idx if isinstance(v, OneHotBlock) else np.asarray(v)
+        if not sliced:
+            idx = idx[b0:b1]
+        pos = np.arange(off, off + width * len(idx), width, dtype=np.int64)
+        pos += idx
+        hot = idx >= 0
+        flat[pos[hot] if not hot.all() else pos] = 1.0
+    else:
+        if sliced:
+            rows, cols = v.rows, v.cols
+        else:
+            s0, s1 = np.searchsorted(v.rows, [b0, b1])
+            rows, cols = v.rows[s0:s1] - b0, v.cols[s0:s1]
+        flat[np.asarray(rows, dtype=np.int64) * width + off + cols] = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +125,12 @@ def _numeric_batch(series, feature: str) -> np.ndarray:
         return series.to_numpy(dtype=np.float64)
     if not isinstance(dtype, np.dtype) and getattr(dtype, "kind", "O") in "fiub":
         return series.to_numpy(dtype=np.float64, na_value=np.nan)
-    # text, object or categorical: convert each distinct value with the row path's function
+    if isinstance(dtype, np.dtype) and dtype.kind == "O":
+        # mixed Python objects: convert each value with the row path's own function (factorize
+        # would merge values that compare equal but convert differently, e.g. 0.0 and -0.0)
+        values = series.tolist()
+        return np.fromiter((to_float(v, feature) for v in values), dtype=np.float64, count=len(values))
+    # text or categorical: convert each distinct value with the row path's function
     try:
         codes, uniques = pd.factorize(series, use_na_sentinel=True)
     except TypeError as exc:
@@ -111,16 +149,46 @@ def _as_list(uniques) -> list:
     return list(uniques)
 
 
+def _arrow_dictionary(series):
+    """(codes, uniques) of an Arrow-backed column via pyarrow's dictionary_encode, or None."""
+    dtype = series.dtype
+    if "pyarrow" not in str(getattr(dtype, "storage", "")) and "[pyarrow]" not in str(dtype):
+        return None
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        arr = series.array.__arrow_array__()
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        enc = pc.dictionary_encode(arr)
+        uniques = enc.dictionary.to_pylist()
+        codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
+        return codes, uniques
+    except Exception:  # noqa: BLE001 - fall back to pandas
+        return None
+
+
 def _key_batch(series, feature: str) -> KeyColumn:
     import pandas as pd
 
-    try:
-        codes, uniques = pd.factorize(series, use_na_sentinel=True)
-    except TypeError as exc:
-        raise FeatureTypeError(
-            f"feature {feature!r}: values are not categorical (text or numbers) ({exc})", feature=feature
-        ) from None
-    keys = [to_key(u, feature) for u in _as_list(uniques)]
+    enc = _arrow_dictionary(series)
+    if enc is not None:
+        codes, uniques = enc
+    elif isinstance(series.dtype, np.dtype) and series.dtype.kind == "O":
+        # mixed Python objects: key each value first (factorize would merge True and 1)
+        keys_per_row = [to_key(v, feature) for v in series.tolist()]
+        codes, uniques = pd.factorize(np.asarray(keys_per_row, dtype=object), use_na_sentinel=True)
+        uniques = _as_list(uniques)
+    else:
+        try:
+            codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        except TypeError as exc:
+            raise FeatureTypeError(
+                f"feature {feature!r}: values are not categorical (text or numbers) ({exc})", feature=feature
+            ) from None
+        uniques = _as_list(uniques)
+    keys = [to_key(u, feature) for u in uniques]
     n = len(keys)
     keys.append(None)
     codes = codes.astype(np.intp, copy=False)
@@ -147,15 +215,43 @@ def _list_batch(series, feature: str, separator: str) -> ListColumn:
     return ListColumn(len(series), np.asarray(rows, dtype=np.intp), kc)
 
 
+class _InputCache:
+    """Converted input columns of one table, shared by the features (and by fit + transform)."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self._cache: dict[tuple, Any] = {}
+
+    def numeric(self, column: str, feature: str) -> np.ndarray:
+        key = ("numeric", column)
+        if key not in self._cache:
+            self._cache[key] = _numeric_batch(_get_column(self.data, column, feature), feature)
+        return self._cache[key]
+
+    def keys(self, column: str, feature: str) -> KeyColumn:
+        key = ("keys", column)
+        if key not in self._cache:
+            self._cache[key] = _key_batch(_get_column(self.data, column, feature), feature)
+        return self._cache[key]
+
+    def lists(self, column: str, feature: str, separator: str) -> ListColumn:
+        key = ("list", column, separator)
+        if key not in self._cache:
+            self._cache[key] = _list_batch(_get_column(self.data, column, feature), feature, separator)
+        return self._cache[key]
+
+    def input_for(self, fdef: FeatureDef) -> Any:
+        if fdef.dtype == CROSS:
+            return [self.keys(c, fdef.name) for c in fdef.columns]
+        if fdef.dtype == NUMERIC:
+            return self.numeric(fdef.column, fdef.name)
+        if fdef.dtype == CATEGORICAL:
+            return self.keys(fdef.column, fdef.name)
+        return self.lists(fdef.column, fdef.name, fdef.separator)
+
+
 def _batch_input(data: Any, fdef: FeatureDef) -> Any:
-    if fdef.dtype == CROSS:
-        return [_key_batch(_get_column(data, c, fdef.name), fdef.name) for c in fdef.columns]
-    series = _get_column(data, fdef.column, fdef.name)
-    if fdef.dtype == NUMERIC:
-        return _numeric_batch(series, fdef.name)
-    if fdef.dtype == CATEGORICAL:
-        return _key_batch(series, fdef.name)
-    return _list_batch(series, fdef.name, fdef.separator)
+    return _InputCache(data).input_for(fdef)
 
 
 def _row_converter(fdef: FeatureDef) -> Callable[[Any], Any]:
@@ -175,6 +271,17 @@ def _row_converter(fdef: FeatureDef) -> Callable[[Any], Any]:
 
 def fit(spec: FeatureSpec, data: Any) -> FittedSpec:
     """Learn every transformer's state from ``data`` (pandas DataFrame or pyarrow Table)."""
+    return _fit(spec, data, _InputCache(data))
+
+
+def fit_transform(spec: FeatureSpec, data: Any) -> tuple[FittedSpec, np.ndarray]:
+    """:func:`fit` then :meth:`FittedSpec.transform` on the same table, converting each input column once."""
+    cache = _InputCache(data)
+    fitted = _fit(spec, data, cache)
+    return fitted, fitted._transform(data, cache)
+
+
+def _fit(spec: FeatureSpec, data: Any, cache: _InputCache) -> FittedSpec:
     if not isinstance(spec, FeatureSpec):
         raise TypeError(f"fit expects a FeatureSpec, got {type(spec).__name__}")
     if _n_rows(data) == 0:
@@ -183,9 +290,10 @@ def fit(spec: FeatureSpec, data: Any) -> FittedSpec:
         raise MissingFeatureError(
             f"label column {spec.label!r} is missing from the data", feature=None, column=spec.label
         )
+    _check_columns(data, spec.features)
     chains: list[list[Transformer]] = []
     for fdef in spec.features:
-        values = _batch_input(data, fdef)
+        values = cache.input_for(fdef)
         chain: list[Transformer] = []
         last = len(fdef.transforms) - 1
         for j, tdef in enumerate(fdef.transforms):
@@ -196,6 +304,15 @@ def fit(spec: FeatureSpec, data: Any) -> FittedSpec:
             chain.append(t)
         chains.append(chain)
     return FittedSpec(spec, chains)
+
+
+def _check_columns(data: Any, features: Iterable[FeatureDef]) -> None:
+    """Raise MissingFeatureError for the first input column the table lacks."""
+    present = set(_columns_of(data))
+    for fdef in features:
+        for c in fdef.columns:
+            if c not in present:
+                _get_column(data, c, fdef.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,8 +370,7 @@ class FittedSpec:
                 raise FeatureSpecError(f"two output columns are both named {n!r}; rename a feature")
             seen.add(n)
         self._doc = self._build_doc()
-        self._row_plans = [self._row_plan(c) for c in self._compiled]
-        self._zeros = [0.0] * self._width
+        self._row_fn = compile_row_function(self._compiled, self.spec.on_missing, self._width)
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -424,33 +540,42 @@ class FittedSpec:
         Columns are :attr:`feature_names`. A missing input column raises
         :class:`MissingFeatureError`; a value of the wrong type raises :class:`FeatureTypeError`.
         """
+        return self._transform(data, _InputCache(data))
+
+    def _transform(self, data: Any, cache: _InputCache) -> np.ndarray:
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes +-inf, as in rows
+            return self._transform_blocks(data, cache)
+
+    def _transform_blocks(self, data: Any, cache: _InputCache) -> np.ndarray:
         n = _n_rows(data)
-        # check every column first, so the error names the first missing one before any work
-        present = set(_columns_of(data))
+        _check_columns(data, (c.fdef for c in self._compiled))
+        # numeric-input chains are elementwise: run them block by block (cache friendly, small
+        # temporaries); categorical, list and cross features work on distinct values: run whole
+        numeric: list[tuple[_Compiled, np.ndarray]] = []
+        whole: list[tuple[_Compiled, Any]] = []
         for comp in self._compiled:
-            for c in comp.fdef.columns:
-                if c not in present:
-                    _get_column(data, c, comp.fdef.name)
-        out = np.zeros((n, self._width), dtype=np.float32)
-        for comp in self._compiled:
-            values = _batch_input(data, comp.fdef)
-            for t in comp.chain:
-                values = t.transform_batch(values)
-            off = comp.offset
-            if comp.kind == NUMERIC:
-                values = np.asarray(values, dtype=np.float64)
-                nan = np.isnan(values)
-                if nan.any():
-                    values = np.where(nan, NAN, values)
-                out[:, off] = values
-            elif comp.kind == ONE_HOT:
-                idx = values.idx if isinstance(values, OneHotBlock) else np.asarray(values)
-                rows = np.flatnonzero(idx >= 0)
-                out[rows, off + idx[rows]] = 1.0
+            values = cache.input_for(comp.fdef)
+            if comp.fdef.dtype == NUMERIC:
+                numeric.append((comp, values))
             else:
-                block = values
-                assert isinstance(block, MultiHotBlock)
-                out[block.rows, off + block.cols] = 1.0
+                for t in comp.chain:
+                    values = t.transform_batch(values)
+                if comp.kind == MULTI_HOT and len(values.rows) > 1 and (np.diff(values.rows) < 0).any():
+                    order = np.argsort(values.rows, kind="stable")
+                    values = MultiHotBlock(values.rows[order], values.cols[order])
+                whole.append((comp, values))
+        out = np.zeros((n, self._width), dtype=np.float32)
+        for b0 in range(0, n, _BLOCK_ROWS):
+            b1 = min(n, b0 + _BLOCK_ROWS)
+            blk = out[b0:b1]
+            flat = blk.reshape(-1)
+            for comp, x in numeric:
+                v = x[b0:b1]
+                for t in comp.chain:
+                    v = t.transform_batch(v)
+                _write(blk, flat, comp, v, b0, b1, sliced=True)
+            for comp, v in whole:
+                _write(blk, flat, comp, v, b0, b1, sliced=False)
         return out
 
     def labels(self, data: Any) -> np.ndarray:
@@ -460,68 +585,7 @@ class FittedSpec:
         series = _get_column(data, self.label, self.label)
         return _numeric_batch(series, self.label).astype(np.float32)
 
-    # -- row transform ------------------------------------------------------------------------
-    def _row_plan(self, comp: _Compiled) -> Callable[[Mapping, list], None]:
-        fdef = comp.fdef
-        name = fdef.name
-        policy = fdef.on_missing or self.spec.on_missing
-        raise_missing = policy == "error"
-        fns = [t.transform_value for t in comp.chain]
-        off = comp.offset
-        kind = comp.kind
-
-        def fetch(row: Mapping, column: str) -> Any:
-            v = row.get(column, _ABSENT)
-            if v is _ABSENT:
-                if raise_missing:
-                    raise MissingFeatureError(
-                        f"feature {name!r}: the request has no {column!r} (on_missing: error)",
-                        feature=name,
-                        column=column,
-                    )
-                return None
-            return v
-
-        if fdef.dtype == CROSS:
-            columns = list(fdef.columns)
-
-            def convert(row: Mapping) -> Any:
-                return tuple(to_key(fetch(row, c), name) for c in columns)
-        else:
-            column = fdef.column
-            conv = _row_converter(fdef)
-
-            def convert(row: Mapping) -> Any:
-                return conv(fetch(row, column))
-
-        if kind == NUMERIC:
-
-            def run(row: Mapping, out: list) -> None:
-                x = convert(row)
-                for fn in fns:
-                    x = fn(x)
-                out[off] = x if x == x else NAN
-
-        elif kind == ONE_HOT:
-
-            def run(row: Mapping, out: list) -> None:
-                x = convert(row)
-                for fn in fns:
-                    x = fn(x)
-                if x >= 0:
-                    out[off + x] = 1.0
-
-        else:
-
-            def run(row: Mapping, out: list) -> None:
-                x = convert(row)
-                for fn in fns:
-                    x = fn(x)
-                for i in x:
-                    out[off + i] = 1.0
-
-        return run
-
+    # -- row transform ----------------------------------------------------------------------
     def transform_row(self, row: Mapping[str, Any]) -> np.ndarray:
         """Transform one request (a mapping of input column -> value) into a float32 vector.
 
@@ -529,12 +593,9 @@ class FittedSpec:
         feature's ``on_missing`` policy: ``default`` treats it as a missing value, ``error``
         raises :class:`MissingFeatureError`.
         """
-        if not isinstance(row, Mapping):
+        if type(row) is not dict and not isinstance(row, Mapping):
             raise FeatureTypeError(f"a row must be a mapping of column -> value, got {type(row).__name__}")
-        out = self._zeros[:]
-        for plan in self._row_plans:
-            plan(row, out)
-        return np.array(out, dtype=np.float32)
+        return self._row_fn(row)
 
     def transform_rows(self, rows: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Transform several requests into a 2-D float32 matrix (bit-identical to :meth:`transform`)."""

@@ -91,6 +91,9 @@ def _load_yaml_with_lines(text: str, source: str | None) -> tuple[Any, dict[Path
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
+        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and cmark is not None and mark is not None and cmark.line != mark.line:
+            problem += f" ({context} started on line {cmark.line + 1})"
         raise FeatureSpecError(
             f"invalid YAML: {problem}", line=mark.line + 1 if mark else None, source=source
         ) from None

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -70,10 +72,21 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+_NUMBER_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _yaml_number(v: Any) -> Any:
+    """PyYAML (YAML 1.1) reads ``1e12`` as text; accept such numeric text as a number."""
+    if isinstance(v, str) and _NUMBER_TEXT.match(v.strip()):
+        return float(v)
+    return v
+
+
 def validate_option(name: str, opt: Option, value: Any) -> Any:
     """Check and normalise one option value; raise :class:`OptionError`."""
     t = opt.type
     if t == "number":
+        value = _yaml_number(value)
         if not _is_number(value) or not math.isfinite(value):
             raise OptionError(name, f"expected a finite number, got {value!r}")
         value = float(value)
@@ -90,6 +103,8 @@ def validate_option(name: str, opt: Option, value: Any) -> Any:
         if not (isinstance(value, str) or _is_number(value)):
             raise OptionError(name, f"expected a number or text, got {value!r}")
     elif t == "numbers":
+        if isinstance(value, list):
+            value = [_yaml_number(v) for v in value]
         if not isinstance(value, list) or not all(_is_number(v) and math.isfinite(v) for v in value):
             raise OptionError(name, f"expected a list of finite numbers, got {value!r}")
         value = [float(v) for v in value]
@@ -204,6 +219,14 @@ class Transformer:
     def transform_value(self, value: Any) -> Any:
         raise NotImplementedError
 
+    def row_code(self, x: str, const) -> list[str] | None:
+        """Optional: source lines doing exactly ``x = self.transform_value(x)`` inline.
+
+        ``const(value)`` returns an expression for a constant. Return None (the default) to have
+        the row path call :meth:`transform_value`.
+        """
+        return None
+
 
 class NumericTransformer(Transformer):
     """A numeric -> numeric step.
@@ -272,6 +295,12 @@ class _IndexOutput(Transformer):
         i = self.key_index(value)
         return i if self.output_kind == ONE_HOT else float(i)
 
+    def row_code(self, x: str, const) -> list[str] | None:
+        lines = [f"{x} = {const(self.key_index)}({x})"]
+        if self.output_kind != ONE_HOT:
+            lines.append(f"{x} = float({x})")
+        return lines
+
 
 # ---------------------------------------------------------------------------------------------
 # Built-in transformers
@@ -327,7 +356,10 @@ class FillMissing(Transformer):
         strategy = self.opts["strategy"]
         if strategy == "mean":
             x = _finite(values)
-            self._fill = float(np.mean(x)) if len(x) else 0.0
+            with np.errstate(all="ignore"):
+                self._fill = float(np.mean(x)) if len(x) else 0.0
+            if not math.isfinite(self._fill):  # the sum overflowed
+                self._fill = 0.0
         elif strategy == "median":
             x = _finite(values)
             self._fill = float(np.median(x)) if len(x) else 0.0
@@ -351,6 +383,11 @@ class FillMissing(Transformer):
         if self.input_kind == NUMERIC:
             return self._fill if value != value else value
         return self._fill if value is None else value
+
+    def row_code(self, x: str, const) -> list[str]:
+        if self.input_kind == NUMERIC:
+            return [f"if {x} != {x}: {x} = {const(self._fill)}"]
+        return [f"if {x} is None: {x} = {const(self._fill)}"]
 
 
 class Clip(NumericTransformer):
@@ -379,6 +416,10 @@ class Clip(NumericTransformer):
             return self._hi
         return x
 
+    def row_code(self, x: str, const) -> list[str]:
+        lo, hi = const(self._lo), const(self._hi)
+        return [f"if {x} < {lo}: {x} = {lo}", f"elif {x} > {hi}: {x} = {hi}"]
+
 
 class Log1p(NumericTransformer):
     name = "log1p"
@@ -390,6 +431,9 @@ class Log1p(NumericTransformer):
 
     def transform_value(self, x: float) -> float:
         return log1p_scalar(x)
+
+    def row_code(self, x: str, const) -> list[str]:
+        return [f"{x} = {const(log1p_scalar)}({x})"]
 
 
 class Standardize(NumericTransformer):
@@ -415,13 +459,14 @@ class Standardize(NumericTransformer):
 
     def fit(self, x: np.ndarray) -> None:
         f = _finite(x)
-        mean = float(np.mean(f)) if len(f) else 0.0
-        std = float(np.std(f)) if len(f) else 1.0
+        with np.errstate(all="ignore"):
+            mean = float(np.mean(f)) if len(f) else 0.0
+            std = float(np.std(f)) if len(f) else 1.0
         if self.opts.get("mean") is not None:
             mean = self.opts["mean"]
         if self.opts.get("std") is not None:
             std = self.opts["std"]
-        if not self.opts["with_mean"]:
+        if not self.opts["with_mean"] or not math.isfinite(mean):
             mean = 0.0
         if not self.opts["with_std"] or not std > 0 or not math.isfinite(std):
             std = 1.0
@@ -438,6 +483,9 @@ class Standardize(NumericTransformer):
 
     def transform_value(self, x: float) -> float:
         return (x - self._mean) / self._std
+
+    def row_code(self, x: str, const) -> list[str]:
+        return [f"{x} = ({x} - {const(self._mean)}) / {const(self._std)}"]
 
 
 class MinMax(NumericTransformer):
@@ -468,6 +516,8 @@ class MinMax(NumericTransformer):
             lo = self.opts["min"]
         if self.opts.get("max") is not None:
             hi = self.opts["max"]
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            lo, hi = 0.0, 1.0
         rng = hi - lo
         if not rng > 0 or not math.isfinite(rng):
             rng = 1.0
@@ -484,6 +534,9 @@ class MinMax(NumericTransformer):
 
     def transform_value(self, x: float) -> float:
         return (x - self._min) / self._range
+
+    def row_code(self, x: str, const) -> list[str]:
+        return [f"{x} = ({x} - {const(self._min)}) / {const(self._range)}"]
 
 
 class Bucketize(Transformer):
@@ -525,8 +578,9 @@ class Bucketize(Transformer):
         f = _finite(x)
         num = self.opts["num_buckets"]
         if len(f):
-            qs = np.quantile(f, [i / num for i in range(1, num)])
-            edges = sorted(set(float(q) for q in qs))
+            with np.errstate(all="ignore"):
+                qs = np.quantile(f, [i / num for i in range(1, num)])
+            edges = sorted({float(q) for q in qs if math.isfinite(q)})
         else:
             edges = [0.0]
         self._edges = edges or [0.0]
@@ -565,6 +619,12 @@ class Bucketize(Transformer):
             return -1 if self.output_kind == ONE_HOT else NAN
         i = bisect.bisect_right(self._edges, x)
         return i if self.output_kind == ONE_HOT else float(i)
+
+    def row_code(self, x: str, const) -> list[str]:
+        find = f"{const(bisect.bisect_right)}({const(self._edges)}, {x})"
+        if self.output_kind == ONE_HOT:
+            return [f"{x} = -1 if {x} != {x} else {find}"]
+        return [f"{x} = {const(NAN)} if {x} != {x} else float({find})"]
 
 
 class Vocabulary(_IndexOutput):
@@ -631,6 +691,15 @@ class Vocabulary(_IndexOutput):
         if n_oov == 1 or key is None:
             return 0
         return stable_hash(key) % n_oov
+
+    def row_code(self, x: str, const) -> list[str]:
+        lines = [
+            f"_i = {const(self._lookup)}.get({x})",
+            f"{x} = _i if _i is not None else {const(self.key_index)}({x})",
+        ]
+        if self.output_kind != ONE_HOT:
+            lines.append(f"{x} = float({x})")
+        return lines
 
 
 class OneHot(Vocabulary):
@@ -704,6 +773,18 @@ class HashedCross(Transformer):
     def transform_value(self, keys: tuple) -> Any:
         i = cross_hash([stable_hash(k) for k in keys]) % self.opts["buckets"]
         return i if self.output_kind == ONE_HOT else float(i)
+
+    def row_code(self, x: str, const) -> list[str]:
+        buckets = self.opts["buckets"]
+
+        @lru_cache(maxsize=1 << 16)
+        def bucket_of(keys: tuple) -> int:  # a pure function of the keys: cache hot pairs
+            return cross_hash([stable_hash(k) for k in keys]) % buckets
+
+        lines = [f"{x} = {const(bucket_of)}({x})"]
+        if self.output_kind != ONE_HOT:
+            lines.append(f"{x} = float({x})")
+        return lines
 
 
 class MultiHot(Transformer):
@@ -788,6 +869,9 @@ class Passthrough(NumericTransformer):
     def transform_value(self, x: float) -> float:
         return x
 
+    def row_code(self, x: str, const) -> list[str]:
+        return []
+
 
 class Lowercase(KeyTransformer):
     name = "lowercase"
@@ -796,6 +880,9 @@ class Lowercase(KeyTransformer):
 
     def map_key(self, key: str | None) -> str | None:
         return key.lower() if key is not None else None
+
+    def row_code(self, x: str, const) -> list[str]:
+        return [f"if {x} is not None: {x} = {x}.lower()"]
 
 
 BUILTIN_TRANSFORMERS: dict[str, type[Transformer]] = {

@@ -25,6 +25,9 @@ from .errors import FeatureTypeError
 
 NAN = float("nan")
 INF = float("inf")
+#: The smallest float64 that rounds to +inf as float32 (2**128 - 2**103); both paths map
+#: |x| >= this to +-inf themselves so the float32 cast never overflows (and never warns).
+F32_OVERFLOW = 3.4028235677973366e38
 MASK64 = (1 << 64) - 1
 
 # ---------------------------------------------------------------------------------------------
@@ -265,28 +268,52 @@ def log1p_scalar(x: float) -> float:
 
 
 def log1p_array(x: np.ndarray) -> np.ndarray:
-    """Vectorised :func:`log1p_scalar` over a float64 array."""
+    """Vectorised :func:`log1p_scalar` over a float64 array (the same operations, in place)."""
     x = np.asarray(x, dtype=np.float64)
     with np.errstate(all="ignore"):
-        u = 1.0 + x
-        c = (x - (u - 1.0)) / u
+        u = x + 1.0
+        c = u - 1.0
+        np.subtract(x, c, out=c)
+        np.divide(c, u, out=c)  # c = (x - (u - 1)) / u
         m, e = np.frexp(u)
         low = m < _SQRT_HALF
-        m = np.where(low, m + m, m)
-        k = (e - low).astype(np.float64)
-        f = m - 1.0
-        s = f / (2.0 + f)
+        np.add(m, m, out=m, where=low)
+        k = e.astype(np.float64)
+        np.subtract(k, low, out=k)
+        f = m
+        np.subtract(m, 1.0, out=f)
+        s = f + 2.0
+        np.divide(f, s, out=s)  # s = f / (2 + f)
         z = s * s
         w = z * z
-        t1 = w * (_LG2 + w * (_LG4 + w * _LG6))
-        t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
-        r = t2 + t1
-        hfsq = 0.5 * f * f
-        out = k * _LN2_HI - ((hfsq - (s * (hfsq + r) + (k * _LN2_LO + c))) - f)
-        out = np.where(u == 1.0, x, out)
-        out = np.where(x == INF, INF, out)
-        out = np.where(x == -1.0, -INF, out)
-        out = np.where((x < -1.0) | np.isnan(x), NAN, out)
+        t1 = w * _LG6
+        t1 += _LG4
+        t1 *= w
+        t1 += _LG2
+        t1 *= w  # t1 = w * (LG2 + w * (LG4 + w * LG6))
+        t2 = w * _LG7
+        t2 += _LG5
+        t2 *= w
+        t2 += _LG3
+        t2 *= w
+        t2 += _LG1
+        t2 *= z  # t2 = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7)))
+        t2 += t1  # r
+        hfsq = f * 0.5
+        hfsq *= f  # 0.5 * f * f
+        a = hfsq + t2
+        a *= s  # s * (hfsq + r)
+        b = k * _LN2_LO
+        b += c
+        a += b
+        np.subtract(hfsq, a, out=a)
+        a -= f  # (hfsq - (...)) - f
+        out = k * _LN2_HI
+        out -= a
+        np.copyto(out, x, where=u == 1.0)
+        out[x == INF] = INF
+        out[x == -1.0] = -INF
+        out[(x < -1.0) | np.isnan(x)] = NAN
     return out
 
 
