@@ -501,3 +501,26 @@ def test_concurrent_publish_model_of_different_runs(tmp_path, reg_url):
         published = load_bundle(rec.bundle_uri)  # verified
         assert published.checksum == rec.checksum == load_bundle(bundles[i]).checksum
         assert (published.model_dir / "model.json").read_bytes() == f"model {i}".encode()
+
+
+def test_a_lost_rename_race_leaves_no_stray_upload_in_the_winner(tmp_path, built, monkeypatch):
+    """A non-no-clobber rename (plain `mv`) moves the loser's upload *into* the winner's directory;
+    publish_bundle removes it so the winner's bundle still verifies."""
+    out, manifest = built
+    root = tmp_path / "store"
+    publish_bundle(out, str(root), "churn", 1)  # the winner
+    target = root / "models" / "churn" / "1"
+    other = tmp_path / "other"
+    build_bundle(other, **_inputs(tmp_path / "o", model_bytes=b"loser"))
+
+    def racing_put(local_dir, uri):  # what the loser's rename did on local disk
+        import shutil
+
+        shutil.copytree(local_dir, target / ".1.tmp-0123456789ab")
+        raise FileExistsError(f"already exists: {uri} (concurrent publish)")
+
+    monkeypatch.setattr(storage, "put_dir_atomic", racing_put)
+    monkeypatch.setattr(storage, "exists", lambda uri: False)  # both saw the target free
+    with pytest.raises(BundleConflictError):
+        publish_bundle(other, str(root), "churn", 1)
+    assert load_bundle(target).checksum == manifest["checksum"]  # verifies: no stray entry left

@@ -512,12 +512,32 @@ def publish_bundle(local_dir: str | os.PathLike[str], storage_root: Any, name: s
     try:
         storage.put_dir_atomic(local.root, target)
     except FileExistsError:  # lost a race with another publisher
+        _remove_stray_uploads(target, int(version))
         if existing_matches():
             return target
         raise BundleConflictError(
             f"model {name!r} version {version}: {storage.mask_uri(target)} already holds a different bundle"
         ) from None
     return target
+
+
+def _remove_stray_uploads(target: str, version: int) -> None:
+    """Defensive clean-up after a lost publish race.
+
+    A directory rename that is not "no-clobber" (a plain local ``mv``, WebHDFS RENAME without
+    ``renameoptions=NONE``) moves the loser's temporary upload *into* the winner's directory.
+    Such an entry is named ``.<version>.tmp-*`` and can never belong to a bundle, so it is removed.
+    """
+    from airflow_ml_provider.ml import storage
+
+    try:
+        fs, path = storage.filesystem_for(target)
+        for entry in fs.ls(path, detail=False):
+            base = str(entry).rstrip("/").rsplit("/", 1)[-1]
+            if base.startswith(f".{version}.tmp-"):
+                fs.rm(str(entry), recursive=True)
+    except Exception:  # noqa: BLE001,S110 - best effort; verification still catches leftovers
+        pass
 
 
 def fetch_bundle(
