@@ -485,3 +485,20 @@ def test_the_provider_registers_the_ml_registry_connection_type():
         "hook-class-name": "airflow_ml_provider.hooks.registry.ModelRegistryHook",
         "connection-type": "ml_registry",
     } in get_provider_info()["connection-types"]
+
+
+def test_registry_modules_import_neither_airflow_nor_heavy_libraries():
+    """The service and the CLI import these; Airflow is only imported to resolve a connection id."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, airflow_ml_provider.ml.registry, airflow_ml_provider.ml.bundle, "
+        "airflow_ml_provider.hooks.registry, airflow_ml_provider.cli.models; "
+        "print(sorted(m for m in ('airflow', 'xgboost', 'tensorflow', 'gensim', 'sklearn') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
