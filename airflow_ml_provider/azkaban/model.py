@@ -50,7 +50,7 @@ FLOW_TYPE = "flow"
 #: Flow 1.0 keys that describe the graph rather than configure the job
 STRUCTURAL_KEYS = frozenset({"type", "dependencies", "condition", "flow.name", "root.node"})
 #: condition macros on the parents' statuses (Azkaban's conditionOnJobStatus)
-STATUS_MACROS = ("all_success", "all_failed", "all_done", "one_success", "one_failed", "one_done")
+STATUS_MACROS = ("all_success", "all_failed", "all_done", "one_success", "one_failed")
 
 ERROR = "error"
 WARNING = "warning"
