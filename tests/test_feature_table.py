@@ -52,12 +52,14 @@ def test_round_trip_features_label_names_and_extra_columns(tmp_path):
     assert read_feature_names(path) == names
 
 
-def test_layout_is_one_fixed_size_list_column_with_names_in_schema_metadata(tmp_path):
+def test_layout_is_one_fixed_size_binary_row_column_with_names_in_schema_metadata(tmp_path):
     X, y = _data(n=50, d=4)
     path = write_feature_table(tmp_path / "t.parquet", X, y, list("abcd"))
     pf = pq.ParquetFile(path)
     schema = pf.schema_arrow
-    assert schema.field("features").type == pa.list_(pa.float32(), 4)
+    assert schema.field("features").type == pa.binary(16)  # 4 float32 per row
+    row7 = pf.read().column("features")[7].as_py()
+    assert np.array_equal(np.frombuffer(row7, "<f4"), X[7], equal_nan=True)
     assert schema.field("label").type == pa.float32()
     meta = json.loads(schema.metadata[ft.METADATA_KEY])
     assert meta["feature_names"] == list("abcd") and meta["format_version"] == ft.FORMAT_VERSION
@@ -68,13 +70,14 @@ def test_read_is_zero_copy_view_of_the_decoded_arrow_buffer(tmp_path):
     X, y = _data(n=20_000, d=16)
     path = write_feature_table(tmp_path / "t.parquet", X, y)
     table = pq.ParquetFile(path).read()
-    values = table.column("features").chunk(0).values
+    data = table.column("features").chunk(0).buffers()[1]
     tracemalloc.start()
     ds = table_to_dataset(table)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     # X points at the very buffer Arrow decoded into...
-    assert ds.X.ctypes.data == values.buffers()[1].address
+    assert ds.X.ctypes.data == data.address
+    assert not ds.X.flags.owndata  # a view: the buffer stays owned by Arrow
     assert not ds.X.flags.owndata
     # ...and building the Dataset allocated nothing close to the matrix size (1.28 MB).
     assert peak < X.nbytes / 20, peak
@@ -188,3 +191,26 @@ def test_dataset_validates_shapes():
         Dataset(X=np.zeros((3, 2), np.float32), y=np.zeros(2))
     ds = Dataset(X=np.asfortranarray(np.ones((3, 2))))
     assert ds.X.dtype == np.float32 and ds.X.flags.c_contiguous and ds.feature_names == ["f0", "f1"]
+
+
+def test_fixed_size_list_layout_written_by_other_tools_is_read(tmp_path):
+    X, y = _data(n=300, d=3)
+    table = ft.build_feature_table(X, y, ["a", "b", "c"])
+    fsl = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), 3)
+    table = table.set_column(0, "features", fsl)
+    pq.write_table(table, tmp_path / "fsl.parquet", row_group_size=100)
+    ds = read_feature_table(tmp_path / "fsl.parquet")
+    np.testing.assert_array_equal(ds.X, X)
+    assert ds.feature_names == ["a", "b", "c"]
+
+
+def test_empty_table_and_to_pandas(tmp_path):
+    X = np.zeros((0, 3), np.float32)
+    ds = read_feature_table(write_feature_table(tmp_path / "e.parquet", X, np.zeros(0)))
+    assert ds.X.shape == (0, 3) and len(ds.y) == 0
+    X, y = _data(n=6, d=3)
+    df = read_feature_table(
+        write_feature_table(tmp_path / "p.parquet", X, y, list("abc"), {"uid": np.arange(6)})
+    ).to_pandas()
+    assert list(df.columns) == ["a", "b", "c", "label", "uid"]
+    np.testing.assert_array_equal(df[["a", "b", "c"]].to_numpy(), X)

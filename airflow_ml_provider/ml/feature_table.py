@@ -3,9 +3,13 @@
 A feature table is what ``PreprocessOperator`` writes and what every trainer and the evaluation
 step read. Layout of one Parquet file:
 
-* ``features`` -- one column of type ``fixed_size_list<float32>[d]``. Its flat child buffer is
-  the row-major ``(n, d)`` float32 matrix, so reading it back is a zero-copy reshape of the
-  buffer Parquet decoded into: no per-column gather, no pandas block, no transpose.
+* ``features`` -- one column of type ``fixed_size_binary[4*d]``: each value is one row's ``d``
+  float32 numbers, little-endian. The column's data buffer is therefore exactly the row-major
+  ``(n, d)`` float32 matrix, and reading it back is ``np.frombuffer(...).reshape(n, d)`` on the
+  buffer Parquet decoded into: no per-column gather, no pandas block, no transpose, no copy.
+  (A ``fixed_size_list<float32>[d]`` column has the same buffer layout, but Parquet stores it as a
+  nested LIST with repetition/definition levels per number, which measured 5-9x slower to decode
+  here; the reader still accepts that layout. See docs/trainers.md for the figures.)
 * ``label`` -- float32, optional (absent for unlabelled scoring tables).
 * any number of *extra* columns (ids, timestamps, list columns such as play histories) kept
   next to the features for grouping, joins or Word2Vec sentences.
@@ -14,7 +18,8 @@ step read. Layout of one Parquet file:
 
 The whole table is written as ONE row group by default, which ``pyarrow.parquet.ParquetFile.read``
 returns as a single chunk; that is what makes the read zero-copy. Files with several row groups
-(written by other tools) still load, with one concatenation copy.
+still load, with one concatenation copy. ``Dataset.X`` of a table read from disk is a view of
+that buffer (kept alive by the array), not a copy.
 
 Writing to a local path is atomic: the file is written under a temporary name in the same
 directory and renamed into place, so a reader never sees half a table.
@@ -92,6 +97,16 @@ class Dataset:
     def n_features(self) -> int:
         return int(self.X.shape[1])
 
+    def to_pandas(self):
+        """A pandas DataFrame: one column per feature, then ``label`` (if any), then the extra columns."""
+        import pandas as pd
+
+        cols: dict[str, Any] = {n: self.X[:, i] for i, n in enumerate(self.feature_names)}
+        if self.y is not None:
+            cols[LABEL_COLUMN] = self.y
+        cols.update(self.extra)
+        return pd.DataFrame(cols)
+
     @classmethod
     def from_sentences(cls, sentences: Sequence[Sequence[Any]], column: str = "sentences") -> Dataset:
         """A feature-less dataset carrying token sequences (e.g. a user's play history) for Word2Vec."""
@@ -160,7 +175,10 @@ def build_feature_table(
 
     columns: dict[str, Any] = {}
     if d > 0:
-        columns[FEATURES_COLUMN] = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), d)
+        le = np.ascontiguousarray(X.astype("<f4", copy=False))  # no copy on little-endian hosts
+        columns[FEATURES_COLUMN] = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(4 * d), n, [None, pa.py_buffer(le)]
+        )
     label = None
     if y is not None:
         yv = np.asarray(y)
@@ -288,22 +306,30 @@ def table_to_dataset(table, where: str = "<table>") -> Dataset:
         if FEATURES_COLUMN not in table.column_names:
             raise FeatureTableError(f"{where}: column {FEATURES_COLUMN!r} is missing")
         col = table.column(FEATURES_COLUMN)
-        if not (pa.types.is_fixed_size_list(col.type) and col.type.list_size == d):
-            raise FeatureTableError(
-                f"{where}: column {FEATURES_COLUMN!r} has type {col.type}, expected fixed_size_list<float>[{d}]"
-            )
         if col.null_count:
             raise FeatureTableError(f"{where}: column {FEATURES_COLUMN!r} has {col.null_count} null rows")
         arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-        values = arr.values
-        if arr.offset:
-            values = values.slice(arr.offset * d, n * d)
-        if values.type != pa.float32():
-            values = values.cast(pa.float32())
-        if values.null_count:
-            flat = values.to_numpy(zero_copy_only=False).astype(np.float32)  # nulls -> NaN (missing)
+        if n == 0:
+            flat = np.zeros(0, dtype=np.float32)
+        elif pa.types.is_fixed_size_binary(col.type) and col.type.byte_width == 4 * d:
+            flat = np.frombuffer(arr.buffers()[1], dtype="<f4", count=n * d, offset=arr.offset * 4 * d)
+            if not np.little_endian:  # pragma: no cover - big-endian hosts
+                flat = flat.astype(np.float32)
+        elif pa.types.is_fixed_size_list(col.type) and col.type.list_size == d:
+            values = arr.values
+            if arr.offset:
+                values = values.slice(arr.offset * d, n * d)
+            if values.type != pa.float32():
+                values = values.cast(pa.float32())
+            if values.null_count:
+                flat = values.to_numpy(zero_copy_only=False).astype(np.float32)  # nulls -> NaN (missing)
+            else:
+                flat = values.to_numpy(zero_copy_only=True)
         else:
-            flat = values.to_numpy(zero_copy_only=True)
+            raise FeatureTableError(
+                f"{where}: column {FEATURES_COLUMN!r} has type {col.type}, expected "
+                f"fixed_size_binary[{4 * d}] (or fixed_size_list<float>[{d}])"
+            )
         X = flat.reshape(n, d)
         if not X.flags.c_contiguous:  # pragma: no cover - reshape of a flat buffer is contiguous
             X = np.ascontiguousarray(X)
