@@ -306,3 +306,100 @@ def test_execpropstest_precedence_in_generated_dags(corpus, tmp_path):
     # the embedding job passes down only its own properties, not its chain
     assert job4["props4"] == "shared4" and job4["props3"] == "moo3"
     assert got["job3"]["props3"] == "job3" and got["job3"]["props7"] == "execflow7"
+
+
+# ------------------------------------------------------------------------ runtime, unit level
+def test_split_command_like_azkaban():
+    from airflow_ml_provider.azkaban.runtime import command_lines, split_command
+
+    assert split_command("""python  x.py "a b" 'c "d"' e'f g'h $HOME |""") == [
+        "python",
+        "x.py",
+        "a b",
+        'c "d"',
+        "ef gh",
+        "$HOME",
+        "|",
+    ]
+    props = {"command": "echo 0", "command.1": "echo 1", "command.2": "echo 2", "command.4": "echo 4"}
+    assert command_lines(props) == ["echo 0", "echo 1", "echo 2"]
+    assert command_lines({"command.1": "only"}) == ["only"]
+
+
+def test_resolve_props_precedence_recursion_and_errors():
+    from airflow_ml_provider.azkaban.runtime import JobPropertyError, resolve_props
+
+    layers = [{"a": "low", "b": "${a}-b", "d": "x"}, {"a": "mid"}, {"c": "${b}/${d}"}]
+    assert resolve_props(layers) == {"a": "mid", "b": "mid-b", "d": "x", "c": "mid-b/x"}
+    with pytest.raises(JobPropertyError, match=r"could not find a value for variable \$\{nope\}"):
+        resolve_props([{"k": "${nope}"}], job="j")
+    with pytest.raises(JobPropertyError, match="circular property reference"):
+        resolve_props([{"x": "${y}", "y": "${x}"}], job="j")
+
+
+def test_job_factory_maps_static_properties():
+    from airflow_ml_provider.azkaban.runtime import AzkabanJobOperator, job
+
+    t = job(
+        "a",
+        "command",
+        {"command": "echo", "retries": "3", "failure.emails": "a@x.org, b@x.org"},
+        inherited={"retry.backoff": "2500", "success.emails": "c@x.org"},
+        condition="one_failed",
+    )
+    assert isinstance(t, AzkabanJobOperator)
+    assert t.retries == 3 and t.retry_delay.total_seconds() == 2.5
+    assert getattr(t.trigger_rule, "value", t.trigger_rule) == "all_done"
+    callbacks = t.on_failure_callback if isinstance(t.on_failure_callback, list) else [t.on_failure_callback]
+    assert [c.__name__ for c in callbacks] == ["azkaban_failed_email"]
+    plain = job("b", "noop", {}, condition="${a:x} == 1")
+    assert getattr(plain.trigger_rule, "value", plain.trigger_rule) == "all_success"
+
+
+def test_java_and_hive_command_lines(tmp_path):
+    from airflow_ml_provider.azkaban.runtime import AzkabanJobOperator
+
+    seen: list[list[str]] = []
+
+    class Probe(AzkabanJobOperator):
+        def _run_argvs(self, props, argvs):
+            seen.extend(argvs)
+            return {}
+
+    java = Probe(task_id="j", job_type="javaprocess")
+    java._run_java(
+        {
+            "java.class": "com.x.Main",
+            "classpath": "lib/a.jar,lib/b.jar",
+            "Xms": "64M",
+            "Xmx": "1G",
+            "jvm.args": "-Dk=v '-Dq=a b'",
+            "main.args": "in out",
+        },
+        {},
+    )
+    assert seen[-1] == [
+        "java",
+        "-Xms64M",
+        "-Xmx1G",
+        "-Dk=v",
+        "-Dq=a b",
+        "-cp",
+        "lib/a.jar:lib/b.jar",
+        "com.x.Main",
+        "in",
+        "out",
+    ]
+    hive = Probe(task_id="h", job_type="hive")
+    hive._run_hive(
+        {"hive.script": "q.sql", "hivevar.day": "2024-01-01", "hiveconf.mapred.job.queue.name": "etl"}, {}
+    )
+    assert seen[-1] == [
+        "hive",
+        "-f",
+        "q.sql",
+        "--hiveconf",
+        "mapred.job.queue.name=etl",
+        "--hivevar",
+        "day=2024-01-01",
+    ]

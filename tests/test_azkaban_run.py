@@ -175,6 +175,8 @@ def test_flow1_migrated_dag_runs_like_azkaban(tmp_path, run_dag, capsys):
     assert by_job["innerStart"][0]["args"] == ["innerStart", "fromemb"]
     # the unknown type shows the original properties in the log
     assert "mystery" in result.output and "foo=bar" in result.output
+    # parents' states came from Airflow itself (not the XCom fallback)
+    assert "Could not read the parents' states" not in result.output
 
 
 FLOW2 = {
