@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 APT_PACKAGES := default-libmysqlclient-dev libkrb5-dev pkg-config build-essential \
-	default-jre-headless libjersey1-core-java libjersey1-server-java libjersey1-servlet-java \
+	default-jdk-headless libjersey1-core-java libjersey1-server-java libjersey1-servlet-java \
 	libjsr311-api-java wrk
 export AIRFLOW_ML_REPO := $(CURDIR)
 
