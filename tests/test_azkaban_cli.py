@@ -312,3 +312,25 @@ def test_console_script_exit_codes(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "a.job" in proc.stderr
     proc = subprocess.run([str(exe), "azkaban", "migrate"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    from airflow_ml_provider.cli.azkaban import _Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    bar = _Progress(stream)
+    for i in range(1, 4):
+        bar(i, 3, f"flow{i}")
+    text = stream.getvalue()
+    assert text.count("\r") == 3 and "[##########" in text and "3/3 flow3" in text and text.endswith("\n")
+    quiet = io.StringIO()  # not a terminal, few flows: silent
+    small = _Progress(quiet)
+    for i in range(1, 4):
+        small(i, 3, "f")
+    assert quiet.getvalue() == ""
