@@ -32,7 +32,7 @@ def _distinct_colours(path) -> int:
 
 def test_binary_charts(tmp_path):
     rng = np.random.default_rng(0)
-    y = (rng.random(50_000) < 0.2).astype(int)  # large enough that curves get thinned
+    y = (rng.random(20_000) < 0.2).astype(int)  # large enough that curves get thinned
     s = np.clip(rng.normal(0.3 + 0.3 * y, 0.2), 0, 1)
     paths = write_charts(tmp_path, y, s, importance={"age": 3.0, "city": 1.5, "x": 0.0}, task="binary")
     assert [p.name for p in paths] == [

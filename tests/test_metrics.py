@@ -39,6 +39,8 @@ def test_binary_metrics_match_sklearn(seed, ties):
     assert m["confusion_matrix"] == {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
     fpr, tpr, _thr = sk.roc_curve(y, s, drop_intermediate=False)
     assert m["ks"] == pytest.approx(float(np.max(tpr - fpr)), abs=1e-12)
+    assert (m["ks"], m["ks_threshold"]) == M.ks_statistic(y, s)  # one-sort path == curve path
+    assert m["auc"] == M.auc_score(y, s) and m["average_precision"] == M.average_precision(y, s)
     ofpr, otpr, _ = M.roc_curve(y, s)
     np.testing.assert_allclose(ofpr, fpr)
     np.testing.assert_allclose(otpr, tpr)

@@ -79,6 +79,23 @@ def _threshold_counts(yt: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.nd
     return fps, tps, s[idx]
 
 
+def _ranking_metrics(
+    yt: np.ndarray, ys: np.ndarray
+) -> tuple[float | None, float | None, float | None, float | None]:
+    """(auc, ks, ks_threshold, average_precision) from one sort; None where undefined."""
+    fps, tps, thr = _threshold_counts(yt, ys)
+    P, N = tps[-1], fps[-1]
+    ap = float(np.sum(np.diff(np.r_[0.0, tps / P]) * (tps / (tps + fps)))) if P > 0 else None
+    if P == 0 or N == 0:
+        return None, None, None, ap
+    fpr = np.r_[0.0, fps / N]
+    tpr = np.r_[0.0, tps / P]
+    diff = tpr - fpr
+    i = int(np.argmax(diff))
+    ks_thr = float(thr[i - 1]) if i > 0 else None
+    return float(_trapezoid(tpr, fpr)), float(diff[i]), ks_thr, ap
+
+
 def roc_curve(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(fpr, tpr, thresholds)``, starting at (0, 0) with threshold +inf; one point per distinct score."""
     yt, ys = _prep(y_true, y_score)
@@ -163,8 +180,7 @@ def binary_metrics(y_true: Any, y_score: Any, threshold: float = 0.5) -> dict[st
     warnings: list[str] = []
     n = len(yt)
     n_pos = int(np.count_nonzero(yt == 1))
-    auc = auc_score(yt, ys)
-    ks, ks_thr = ks_statistic(yt, ys)
+    auc, ks, ks_thr, ap = _ranking_metrics(yt.astype(np.int8), ys)  # one sort for all of them
     if auc is None:
         warnings.append(f"y_true has a single class ({'1' if n_pos else '0'}); auc and ks are undefined")
     cm = confusion_counts(yt, ys, threshold)
@@ -177,7 +193,7 @@ def binary_metrics(y_true: Any, y_score: Any, threshold: float = 0.5) -> dict[st
         "auc": auc,
         "ks": ks,
         "ks_threshold": ks_thr,
-        "average_precision": average_precision(yt, ys),
+        "average_precision": ap,
         "threshold": float(threshold),
         "precision": precision,
         "recall": recall,
