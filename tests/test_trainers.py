@@ -421,3 +421,25 @@ def test_tensorflow_wide_and_deep_trains_logs_and_reloads(tmp_path):
     # seeded: the same data and params give the same model
     again = get_trainer("tensorflow").train(train, valid, params, tmp_path / "b", log=lambda s: None)
     assert np.array_equal(again.predictor.predict(valid.X), p)
+
+
+def test_xgboost_with_names_xgboost_rejects_maps_importance_by_position(tmp_path):
+    train, valid = _binary(n=600, d=4, seed=8)
+    names = ["age[0]", "city<x>", "a,b", "ok"]  # not valid xgboost feature names
+    train = Dataset(X=train.X, y=train.y, feature_names=names)
+    result = get_trainer("xgboost").train(
+        train, None, {"rounds": 5, "nthread": 1}, tmp_path, log=lambda s: None
+    )
+    loaded = load_predictor("xgboost", tmp_path)
+    assert np.array_equal(loaded.predict(valid.X), result.predictor.predict(valid.X))
+    imp = loaded.feature_importance()
+    assert list(imp) == names and imp["age[0]"] > 0
+
+
+def test_trainer_by_dotted_path_and_corrupt_metadata(tmp_path):
+    assert get_trainer("airflow_ml_provider.ml.trainers.linear:LinearTrainer").name == "linear"
+    with pytest.raises(TrainerError, match="cannot load trainer 'nowhere.mod:Thing'"):
+        get_trainer("nowhere.mod:Thing")
+    (tmp_path / "metadata.json").write_text("{not json")
+    with pytest.raises(TrainerError, match="corrupt model metadata"):
+        load_predictor(None, tmp_path)
