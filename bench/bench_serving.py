@@ -2,7 +2,7 @@
 
 One run, everything on loopback:
 
-* builds the example-style model through the core APIs (feature spec fit, xgboost trainer, bundle,
+* builds the example model (the example DAG's feature spec on the synthetic audio data set) through the core APIs (feature spec fit, xgboost trainer, bundle,
   registry) and publishes it to a file:// store with an SQLite registry;
 * starts ``airflow-ml serve`` (uvicorn, one worker) pinned to CPU 0;
 * starts the baseline -- a plain FastAPI endpoint calling ``Booster.inplace_predict`` on
@@ -31,7 +31,9 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DURATION = int(os.environ.get("BENCH_SERVING_SECONDS", "8"))
+DURATION = int(os.environ.get("BENCH_SERVING_SECONDS", "5"))
+ROUNDS_SINGLE = 3
+ROUNDS_BATCH = 2
 CONNECTIONS = 8
 N_BODIES = 64
 
@@ -108,7 +110,7 @@ def _wrk(url: str, bodies: list[bytes], workdir: Path, label: str) -> dict:
     script = workdir / f"{label}.lua"
     script.write_text(WRK_SCRIPT % body_file)
     cmd = [*_pin(1), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=DURATION + 60).stdout
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=DURATION + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = {}
     for pct in ("50", "99"):
@@ -136,21 +138,24 @@ def main() -> None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
     sys.path.insert(0, str(REPO))
     from airflow_ml_provider.ml.registry import ModelRegistry
-    from tests.test_serving_support import MODEL, build_model, publish, row_dicts
+    from tests.test_serving_support import EXAMPLE_MODEL as MODEL
+    from tests.test_serving_support import build_example_model, publish, row_dicts
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     ours = base = None
     try:
         t0 = time.perf_counter()
-        built = build_model(work / "m1", seed=0, rounds=100, n=5000)
+        built = build_example_model(work / "m1", events=10_000, rounds=100)
         registry_url = f"sqlite:///{work / 'registry.db'}"
         reg = ModelRegistry(registry_url)
         reg.create_tables()
-        publish(reg, built.bundle_dir, work / "store")
+        publish(reg, built.bundle_dir, work / "store", name=MODEL)
         rows = row_dicts(built.valid_frame)
         X = built.valid_X
-        print(f"model: xgboost, 100 rounds, depth 4, {X.shape[1]} features from "
-              f"{len(built.fitted.input_columns)} raw columns (built in {time.perf_counter() - t0:.1f} s)")
+        print(f"example model (dags/specs/audio_recommendation.yaml): xgboost, 100 rounds, depth 6, "
+              f"{X.shape[1]} features from {len(built.fitted.input_columns)} raw columns "
+              f"(built in {time.perf_counter() - t0:.1f} s); load average {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} CPUs")
 
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         port = _free_port()
@@ -179,14 +184,20 @@ def main() -> None:
         b = _post(base_url, batch_base[0])["predictions"]
         assert len(a) == len(b) == 100 and max(abs(x - y) for x, y in zip(a, b)) < 1e-6, "servers disagree"
 
-        results = {}
-        # Interleave so that background load on the shared machine hits both alike.
-        for label, url, bodies in (("base_single", base_url, single_base), ("ours_single", our_url, single_ours),
-                                   ("base_batch", base_url, batch_base), ("ours_batch", our_url, batch_ours)):
-            results[label] = _wrk(url, bodies, work, label)
+        results: dict[str, dict] = {}
+        # Alternate short runs and keep each server's best: background load on a shared machine
+        # then hits both alike, and a burst of it does not decide the ratio.
+        plan = [("base_single", base_url, single_base), ("ours_single", our_url, single_ours)] * ROUNDS_SINGLE
+        plan += [("base_batch", base_url, batch_base), ("ours_batch", our_url, batch_ours)] * ROUNDS_BATCH
+        for label, url, bodies in plan:
+            r = _wrk(url, bodies, work, label)
+            if label not in results or r["rps"] > results[label]["rps"]:
+                results[label] = {**r, "non2xx": r["non2xx"] + results.get(label, {}).get("non2xx", 0)}
         so, sb = results["ours_single"], results["base_single"]
         bo, bb = results["ours_batch"], results["base_batch"]
-        print(f"wrk: 1 thread, {CONNECTIONS} connections, {DURATION} s per run; servers on CPU 0, wrk on CPU 1")
+        print(f"wrk: 1 thread, {CONNECTIONS} connections, best of {ROUNDS_SINGLE} (single) / {ROUNDS_BATCH} "
+              f"(batch) alternating {DURATION}-s runs; servers on CPU 0, wrk on CPU 1; "
+              f"load average now {os.getloadavg()[0]:.1f}")
         print(f"{'':34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'rows/s':>10}")
         for name, r, n in (("airflow-ml serve, 1 row (raw)", so, 1), ("baseline FastAPI+xgboost, 1 row", sb, 1),
                            ("airflow-ml serve, 100 rows", bo, 100), ("baseline, 100 rows", bb, 100)):

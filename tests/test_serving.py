@@ -17,7 +17,17 @@ import pytest
 from airflow_ml_provider.ml.features import NumericTransformer, Option
 from airflow_ml_provider.ml.registry import ModelRegistry
 from airflow_ml_provider.serving import ModelManager, create_app
-from tests.test_serving_support import MODEL, SPEC_YAML, build_model, call, predict_body, publish, row_dicts
+from tests.test_serving_support import (
+    EXAMPLE_MODEL,
+    MODEL,
+    SPEC_YAML,
+    build_example_model,
+    build_model,
+    call,
+    predict_body,
+    publish,
+    row_dicts,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,18 +61,23 @@ def _f32_bits(values) -> list[int]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_parity_with_training_run_bit_identical(models, env, tmp_path):
+def test_parity_with_training_run_bit_identical(env, tmp_path):
+    """The example model (the example DAG's feature spec on the audio data set): the service's scores
+    for the raw validation rows equal the training run's offline scores, bit for bit."""
     reg, store = env
-    built = models[0]
-    publish(reg, built.bundle_dir, store)
-    app, manager = _app(reg, tmp_path)
-    assert manager.poll_once() == {MODEL: 1}
+    built = build_example_model(tmp_path / "example")
+    publish(reg, built.bundle_dir, store, name=EXAMPLE_MODEL)
+    manager = ModelManager(reg, [EXAMPLE_MODEL], poll_seconds=1, cache_dir=tmp_path / "cache")
+    app = create_app(None, [EXAMPLE_MODEL], manager=manager, manage_lifecycle=False)
+    assert manager.poll_once() == {EXAMPLE_MODEL: 1}
+    url = f"/v1/models/{EXAMPLE_MODEL}:predict"
     rows = row_dicts(built.valid_frame)
-    assert len(rows) == len(built.offline) == 300
+    assert len(rows) == len(built.offline) >= 1000
+    assert any(r["user_age"] is None for r in rows)  # missing values travel as JSON null
     # The whole validation split in batches (transform_rows) ...
     served = []
     for i in range(0, len(rows), 100):
-        status, _, body = call(app, "POST", f"/v1/models/{MODEL}:predict", predict_body(rows[i:i + 100]))
+        status, _, body = call(app, "POST", url, predict_body(rows[i:i + 100]))
         assert status == 200, body
         assert body["model_version"] == 1
         served.extend(body["predictions"])
@@ -70,15 +85,16 @@ def test_parity_with_training_run_bit_identical(models, env, tmp_path):
     assert _f32_bits(served) == _f32_bits(built.offline.astype(np.float32))
     # ... and one row per request (transform_row) gives the same bits.
     singles = []
-    for row in rows[:60]:
-        status, _, body = call(app, "POST", f"/v1/models/{MODEL}:predict", predict_body([row]))
+    for row in rows[:100]:
+        status, _, body = call(app, "POST", url, predict_body([row]))
         assert status == 200, body
         singles.append(body["predictions"][0])
-    assert _f32_bits(singles) == _f32_bits(built.offline[:60])
+    assert _f32_bits(singles) == _f32_bits(built.offline[:100])
     # The columnar TF-Serving form too.
     cols = {k: [r[k] for r in rows[:5]] for k in rows[0]}
-    status, _, body = call(app, "POST", f"/v1/models/{MODEL}:predict", json.dumps({"inputs": cols}).encode())
+    status, _, body = call(app, "POST", url, json.dumps({"inputs": cols}).encode())
     assert status == 200 and _f32_bits(body["predictions"]) == _f32_bits(built.offline[:5])
+    manager.close()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def make_frame(n: int, seed: int):
 
 def row_dicts(frame) -> list[dict[str, Any]]:
     """DataFrame rows -> JSON-ready dicts (NaN -> None; numpy scalars -> Python)."""
-    cols = [c for c in frame.columns if c != "listened_30s"]
+    cols = [c for c in frame.columns if c not in ("listened_30s", "label")]
     out = []
     for values in frame[cols].itertuples(index=False, name=None):
         row = {}
@@ -136,6 +136,56 @@ def build_model(workdir: Path, *, seed: int = 0, rounds: int = 20, n: int = 1500
     build_bundle(bundle_dir, model_dir=workdir / "model", fitted_spec=fitted, framework="xgboost",
                  metrics={"seed": seed}, metadata={"seed": seed})
     return BuiltModel(bundle_dir, fitted, result.predictor, valid_df, Xv, offline)
+
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_SPEC = REPO / "dags" / "specs" / "audio_recommendation.yaml"
+EXAMPLE_MODEL = "audio_recommendation"
+
+
+def example_frame(workdir: Path, *, events: int = 6000, seed: int = 7):
+    """The example DAG's training rows: the synthetic audio-platform data set through TRAINING_QUERY."""
+    import sqlite3
+
+    import pandas as pd
+
+    from airflow_ml_provider.ml.datasets.audio import TRAINING_QUERY, load_audio_dataset
+
+    db = Path(workdir) / "audio.db"
+    load_audio_dataset(db, seed=seed, users=800, items=400, hosts=100, events=events, days=30)
+    with sqlite3.connect(db) as conn:
+        return pd.read_sql_query(TRAINING_QUERY.replace(":start_ts", "?"), conn, params=(0,))
+
+
+def build_example_model(workdir: Path, *, events: int = 6000, rounds: int = 30, seed: int = 7) -> BuiltModel:
+    """The example model (dags/specs/audio_recommendation.yaml on the audio data set), through the
+    core APIs, with an 80/20 train/validation split."""
+    from airflow_ml_provider.ml.bundle import build_bundle
+    from airflow_ml_provider.ml.feature_table import Dataset
+    from airflow_ml_provider.ml.features import FeatureSpec, fit
+    from airflow_ml_provider.ml.trainers import get_trainer
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    frame = example_frame(workdir, events=events, seed=seed)
+    order = np.random.default_rng(seed).permutation(len(frame))
+    cut = int(len(frame) * 0.8)
+    train_df = frame.iloc[order[:cut]].reset_index(drop=True)
+    valid_df = frame.iloc[order[cut:]].reset_index(drop=True)
+    fitted = fit(FeatureSpec.from_yaml(EXAMPLE_SPEC.read_text()), train_df)
+    names = list(fitted.feature_names)
+    Xt, Xv = fitted.transform(train_df), fitted.transform(valid_df)
+    result = get_trainer("xgboost").train(
+        Dataset(X=Xt, y=fitted.labels(train_df), feature_names=names),
+        Dataset(X=Xv, y=fitted.labels(valid_df), feature_names=names),
+        {"num_boost_round": rounds, "max_depth": 6, "eta": 0.2, "seed": 0, "nthread": 1, "log_every": 1000},
+        workdir / "model", log=lambda *_: None,
+    )
+    offline = np.asarray(result.predictor.predict(Xv))
+    bundle_dir = workdir / "bundle"
+    build_bundle(bundle_dir, model_dir=workdir / "model", fitted_spec=fitted, framework="xgboost")
+    raw = valid_df.drop(columns=[fitted.label])
+    return BuiltModel(bundle_dir, fitted, result.predictor, raw, Xv, offline)
 
 
 def publish(registry, bundle_dir: Path, store: Path, name: str = MODEL, *, corrupt: bool = False):
