@@ -251,15 +251,3 @@ def test_registry_connection_stored_in_the_airflow_metadata_db(airflow_home, tmp
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["version"] == 3
-    # an id Airflow does not know is named, without a traceback
-    proc = subprocess.run(
-        [str(AIRFLOW_ML), "models", "list", "--registry", "no_such_registry_conn"],
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert "Traceback" not in proc.stderr
-    assert "Airflow connection 'no_such_registry_conn' is not defined" in proc.stderr

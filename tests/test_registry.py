@@ -476,6 +476,10 @@ def test_hook_builds_a_registry_from_an_airflow_connection(monkeypatch, tmp_path
     from airflow.sdk import BaseHook
 
     assert issubclass(ModelRegistryHook, BaseHook)
+    # a connection id nobody defined is named (Airflow looked it up: env, secrets, metadata DB)
+    monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_REGISTRY_CONN", raising=False)
+    with pytest.raises(RegistryError, match="Airflow connection 'no_such_registry_conn' is not defined"):
+        resolve_registry_url("no_such_registry_conn")
 
 
 def test_the_provider_registers_the_ml_registry_connection_type():
