@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql as _mysql
 from sqlalchemy.engine import URL, make_url
 
 __all__ = [
@@ -43,12 +42,14 @@ __all__ = [
     "Change",
     "DictionaryError",
     "DictionaryStore",
+    "DictionaryTableMissing",
     "DictionaryUnavailableError",
     "DictionaryValidationError",
     "Entry",
     "HistoryRecord",
     "ImportResult",
     "create_engine",
+    "load_snapshot",
     "dump_export",
     "mask_url",
     "parse_json_entries",
@@ -87,6 +88,10 @@ class DictionaryError(Exception):
 
 class DictionaryValidationError(DictionaryError, ValueError):
     """A bad key, value, description, table name or import file; the message names it."""
+
+
+class DictionaryTableMissing(DictionaryError):
+    """The dictionary table does not exist (yet) in the database."""
 
 
 class DictionaryUnavailableError(DictionaryError):
@@ -269,6 +274,8 @@ def create_engine(
 
 
 def _key_type() -> sa.types.TypeEngine:
+    from sqlalchemy.dialects import mysql as _mysql  # imported when tables are built, not on import
+
     # Case-sensitive keys on MySQL/MariaDB (the default collations there are case-insensitive).
     return sa.String(MAX_KEY_LENGTH).with_variant(
         _mysql.VARCHAR(MAX_KEY_LENGTH, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
@@ -276,10 +283,14 @@ def _key_type() -> sa.types.TypeEngine:
 
 
 def _text_type() -> sa.types.TypeEngine:
+    from sqlalchemy.dialects import mysql as _mysql
+
     return sa.Text().with_variant(_mysql.TEXT(charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
 
 
 def _timestamp_type() -> sa.types.TypeEngine:
+    from sqlalchemy.dialects import mysql as _mysql
+
     return sa.DateTime().with_variant(_mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
@@ -471,7 +482,7 @@ class DictionaryStore:
             raise
         except sa.exc.DBAPIError as exc:
             if _is_missing_table(exc):
-                raise DictionaryError(
+                raise DictionaryTableMissing(
                     f"dictionary table {self.table_name!r} not found in {self.database}: "
                     "create it with `airflow-ml dictionary init`"
                 ) from None
@@ -499,8 +510,8 @@ class DictionaryStore:
         try:
             with self._begin("loading the dictionary") as conn:
                 rows = conn.execute(query).all()
-        except DictionaryError as exc:
-            if create_missing and not isinstance(exc, DictionaryUnavailableError):
+        except DictionaryTableMissing:
+            if create_missing:
                 self.create_tables()
                 return {}
             raise
@@ -691,6 +702,110 @@ class DictionaryStore:
 
     def export_entries(self, prefix: str | None = None) -> list[Entry]:
         return self.list(prefix)
+
+
+# --------------------------------------------------------------------------------------------
+# the snapshot load of the secrets backend: one connection, one query, nothing else
+
+
+def _like_prefix(prefix: str) -> str:
+    # "!" as the LIKE escape character reads the same on MySQL (whatever its sql_mode) and SQLite
+    return prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+
+
+def _direct_connect(url: URL, connect_timeout: float, query_timeout: float):
+    """(DBAPI connection, quote character, paramstyle) for the drivers connected directly, else None.
+
+    Going straight to the driver skips SQLAlchemy's first-connect dialect initialisation (several
+    round trips: version, sql_mode, collations...), which would dominate a task's cold lookup.
+    """
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    query = dict(url.query)
+    if backend in ("mysql", "mariadb") and driver == "pymysql" and set(query) <= {"charset"}:
+        import pymysql
+
+        conn = pymysql.connect(
+            host=url.host or "localhost",
+            port=url.port or 3306,
+            user=url.username or "",
+            password=url.password or "",
+            database=url.database,
+            charset=query.get("charset", "utf8mb4"),
+            connect_timeout=connect_timeout,
+            read_timeout=query_timeout,
+            write_timeout=query_timeout,
+        )
+        return conn, "`", "format"
+    if backend == "sqlite" and driver == "pysqlite" and not query and url.database not in (None, "", ":memory:"):
+        import sqlite3
+
+        return sqlite3.connect(url.database, timeout=connect_timeout), '"', "qmark"
+    return None
+
+
+def load_snapshot(
+    url: str | URL,
+    table: str = DEFAULT_TABLE,
+    prefix: str | None = None,
+    *,
+    connect_timeout: float = MAX_CONNECT_TIMEOUT,
+    query_timeout: float = DEFAULT_QUERY_TIMEOUT,
+) -> dict[str, str]:
+    """Every ``key -> value`` of the table (under ``prefix``) with ONE connection and ONE query.
+
+    ``mysql+pymysql`` and file SQLite URLs are read with the driver directly; any other URL goes
+    through SQLAlchemy (:meth:`DictionaryStore.load`). The value is always a bound parameter; the
+    table name is a validated identifier. Raises :class:`DictionaryTableMissing` when the table
+    does not exist and :class:`DictionaryUnavailableError` (URL masked) when the database cannot
+    be reached.
+    """
+    table = validate_table_name(table)
+    parsed = url if isinstance(url, URL) else make_url(url)
+    database = mask_url(parsed)
+    password = parsed.password
+    try:
+        direct = _direct_connect(parsed, connect_timeout, query_timeout)
+    except Exception as exc:  # noqa: BLE001 - the driver's connect errors (refused, timeout, auth)
+        detail = str(exc).replace(str(password), "***") if password else str(exc)
+        raise DictionaryUnavailableError(
+            f"dictionary database {database} unavailable while loading the dictionary: "
+            f"{type(exc).__name__}: {detail}",
+            database=database,
+        ) from None
+    if direct is None:
+        store = DictionaryStore(
+            parsed, table, connect_timeout=connect_timeout, query_timeout=query_timeout, pooled=False
+        )
+        try:
+            return store.load(prefix)
+        finally:
+            store.dispose()
+    conn, q, paramstyle = direct
+    mark = "%s" if paramstyle == "format" else "?"
+    sql = f"SELECT {q}key{q}, {q}value{q} FROM {q}{table}{q}"
+    params: tuple[str, ...] = ()
+    if prefix:
+        sql += f" WHERE {q}key{q} LIKE {mark} ESCAPE '!'"
+        params = (_like_prefix(prefix),)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    except Exception as exc:  # noqa: BLE001 - DBAPI errors differ per driver
+        if _is_missing_table(exc):
+            raise DictionaryTableMissing(f"dictionary table {table!r} not found in {database}") from None
+        detail = str(exc).replace(str(password), "***") if password else str(exc)
+        raise DictionaryUnavailableError(
+            f"dictionary database {database} unavailable while loading the dictionary: "
+            f"{type(exc).__name__}: {detail}",
+            database=database,
+        ) from None
+    finally:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - a connection the server already dropped
+            pass
+    return {k: v for k, v in rows if not prefix or k.startswith(prefix)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,28 +45,68 @@ def store(db_url):
     s.dispose()
 
 
-class QueryCounter:
-    """Counts statements that read the dictionary table, on every engine of the process."""
+class _Cursor:
+    def __init__(self, cursor, spy):
+        object.__setattr__(self, "_cursor", cursor)
+        object.__setattr__(self, "_spy", spy)
 
-    def __init__(self, table: str = "ml_dictionary") -> None:
+    def execute(self, sql, *args, **kwargs):
+        self._spy.record(sql)
+        return self._cursor.execute(sql, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._cursor, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._cursor, name, value)
+
+
+class _Connection(_Cursor):
+    def cursor(self, *args, **kwargs):
+        return _Cursor(self._cursor.cursor(*args, **kwargs), self._spy)
+
+    def execute(self, sql, *args, **kwargs):  # sqlite3's shortcut
+        self._spy.record(sql)
+        return self._cursor.execute(sql, *args, **kwargs)
+
+
+class QueryCounter:
+    """Counts the statements reading the dictionary table that reach the database drivers
+    (pymysql, sqlite3), whichever way the backend talks to them."""
+
+    def __init__(self, monkeypatch, table: str = "ml_dictionary") -> None:
+        import sqlite3
+
+        import pymysql
+
         self.table = table
         self.statements: list[str] = []
+        self.connections = 0
+        for module in (pymysql, sqlite3):
+            real = module.connect
 
-    def __call__(self, conn, cursor, statement, *args) -> None:
-        if f"FROM {self.table}" in statement and statement.lstrip().upper().startswith("SELECT"):
-            self.statements.append(statement)
+            def connect(*args, _real=real, **kwargs):
+                self.connections += 1
+                return _Connection(_real(*args, **kwargs), self)
 
-    def __enter__(self) -> QueryCounter:
-        sa.event.listen(sa.engine.Engine, "before_cursor_execute", self)
-        return self
+            monkeypatch.setattr(module, "connect", connect)
+        self._monkeypatch = monkeypatch
 
-    def __exit__(self, *exc) -> None:
-        sa.event.remove(sa.engine.Engine, "before_cursor_execute", self)
+    def record(self, sql) -> None:
+        text = str(sql)
+        if self.table in text and text.lstrip().upper().startswith("SELECT"):
+            self.statements.append(text)
 
 
-def test_one_query_then_memory(store, db_url):
+@pytest.fixture
+def query_counter(monkeypatch):
+    return QueryCounter(monkeypatch)
+
+
+def test_one_query_then_memory(store, db_url, query_counter):
     store.import_entries([(f"k{i}", f"v{i}", None) for i in range(300)])
-    with QueryCounter() as counter:
+    counter = query_counter
+    if True:
         backend = DictionaryTableBackend(sql_alchemy_conn=db_url)
         assert backend.get_variable("k7") == "v7"
         for i in range(300):
@@ -75,6 +115,7 @@ def test_one_query_then_memory(store, db_url):
         # a second instance with the same settings (Airflow may build several) shares the snapshot
         assert DictionaryTableBackend(sql_alchemy_conn=db_url).get_variable("k1") == "v1"
     assert len(counter.statements) == 1
+    assert counter.connections == 1
 
 
 def test_invalid_lookup_keys_fall_through(store, db_url):
@@ -86,14 +127,17 @@ def test_invalid_lookup_keys_fall_through(store, db_url):
     assert backend.get_config("core__x") is None
 
 
-def test_key_prefix_scopes_the_keys(store, db_url):
+def test_key_prefix_scopes_the_keys(store, db_url, query_counter):
     store.set("prod.min_auc", "0.8")
     store.set("staging.min_auc", "0.6")
     store.set("min_auc", "0.1")
-    with QueryCounter() as counter:
+    store.set("prod_min_auc", "LIKE wildcard must not match this")
+    counter = query_counter
+    if True:
         prod = DictionaryTableBackend(sql_alchemy_conn=db_url, key_prefix="prod.")
         assert prod.get_variable("min_auc") == "0.8"
         assert prod.get_variable("staging.min_auc") is None
+        assert prod.get_variable("_min_auc") is None
         staging = DictionaryTableBackend(sql_alchemy_conn=db_url, key_prefix="staging.")
         assert staging.get_variable("min_auc") == "0.6"
     assert len(counter.statements) == 2  # one per prefix

@@ -299,3 +299,23 @@ def test_core_never_imports_airflow():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_load_snapshot_direct_driver_path(store, db_url):
+    """The backend's one-query load (driver used directly) gives what the SQLAlchemy path gives."""
+    for key, value in {"team_a.x": "1", "teamBa.x": "2", "team_a.y": "3", "a%b": "4", "a!b": "5", "z": "6"}.items():
+        store.set(key, value)
+    assert ds.load_snapshot(db_url) == store.load()
+    assert ds.load_snapshot(db_url, prefix="team_a.") == {"team_a.x": "1", "team_a.y": "3"}  # "_" is literal
+    assert ds.load_snapshot(db_url, prefix="a%") == {"a%b": "4"}
+    assert ds.load_snapshot(db_url, prefix="a!") == {"a!b": "5"}
+    with pytest.raises(ds.DictionaryTableMissing):
+        ds.load_snapshot(db_url, table="not_created")
+    with pytest.raises(DictionaryValidationError):
+        ds.load_snapshot(db_url, table="x; DROP TABLE ml_dictionary")
+
+
+def test_load_snapshot_unreachable_masks_password():
+    with pytest.raises(DictionaryUnavailableError) as info:
+        ds.load_snapshot("mysql+pymysql://u:PwSecret123@127.0.0.1:1/db", connect_timeout=1)
+    assert "PwSecret123" not in str(info.value) and "u:***@127.0.0.1:1/db" in str(info.value)

@@ -41,7 +41,9 @@ from airflow_ml_provider.dictionary_store import (
     MAX_KEY_LENGTH,
     DictionaryError,
     DictionaryStore,
+    DictionaryTableMissing,
     DictionaryValidationError,
+    load_snapshot,
     mask_url,
     validate_key,
     validate_table_name,
@@ -213,6 +215,19 @@ class DictionaryTableBackend(BaseSecretsBackend):
             )
         return self._store
 
+    def _load(self) -> dict[str, str]:
+        try:
+            return load_snapshot(
+                self.sql_alchemy_conn,
+                self.table,
+                self.key_prefix or None,
+                connect_timeout=self.connect_timeout,
+                query_timeout=self.query_timeout,
+            )
+        except DictionaryTableMissing:
+            self.store.create_tables()  # the project creates its tables itself; empty for now
+            return {}
+
     def _snapshot(self) -> _Snapshot:
         snap = _SNAPSHOTS.get(self._cache_key)
         if snap is None:
@@ -239,7 +254,7 @@ class DictionaryTableBackend(BaseSecretsBackend):
             recently_failed = snap.failed_at is not None and now - snap.failed_at < retry_interval
             if not recently_failed:
                 try:
-                    values = self.store.load(self.key_prefix or None, create_missing=True)
+                    values = self._load()
                 except DictionaryError as exc:
                     snap.failed_at = time.monotonic()
                     snap.last_error = str(exc)
