@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_ml_provider.ml import metrics as M
 
@@ -145,3 +147,20 @@ def test_compute_metrics_dispatch():
     assert M.compute_metrics([0.5, 1.5], [0.2, 0.7], task="regression")["task"] == "regression"
     with pytest.raises(M.MetricsError, match="unknown task 'ranking'"):
         M.compute_metrics([0, 1], [0, 1], task="ranking")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 6)), min_size=2, max_size=40))
+def test_auc_and_ks_equal_brute_force_on_tied_integer_scores(rows):
+    y = np.array([r[0] for r in rows])
+    s = np.array([r[1] for r in rows], dtype=float)
+    pos, neg = s[y == 1], s[y == 0]
+    m = M.binary_metrics(y, s)
+    if len(pos) == 0 or len(neg) == 0:
+        assert m["auc"] is None and m["ks"] is None
+        return
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    assert m["auc"] == pytest.approx(wins / (len(pos) * len(neg)), abs=1e-12)
+    # KS = max over thresholds t of P(score >= t | 1) - P(score >= t | 0), and 0 at t = +inf
+    best = max((pos >= t).mean() - (neg >= t).mean() for t in np.unique(s))
+    assert m["ks"] == pytest.approx(max(best, 0.0), abs=1e-12)
