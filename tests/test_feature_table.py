@@ -9,6 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from airflow_ml_provider.ml import feature_table as ft
 from airflow_ml_provider.ml.feature_table import (
@@ -214,3 +217,21 @@ def test_empty_table_and_to_pandas(tmp_path):
     ).to_pandas()
     assert list(df.columns) == ["a", "b", "c", "label", "uid"]
     np.testing.assert_array_equal(df[["a", "b", "c"]].to_numpy(), X)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=9),
+        elements=st.floats(width=32, allow_nan=True, allow_infinity=True),
+    )
+)
+def test_round_trip_is_bit_exact(tmp_path_factory, X):
+    path = tmp_path_factory.mktemp("rt") / "t.parquet"
+    y = np.arange(X.shape[0], dtype=np.float32)
+    ds = read_feature_table(write_feature_table(path, X, y))
+    assert ds.X.shape == X.shape
+    # same bits: -0.0 stays -0.0, NaN stays NaN
+    assert ds.X.tobytes() == np.ascontiguousarray(X).tobytes()
+    np.testing.assert_array_equal(ds.y, y)
