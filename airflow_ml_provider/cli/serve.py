@@ -128,12 +128,12 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from airflow_ml_provider.serving.app import CONFIG_ENV, TOKEN_ENV, create_app
+    from airflow_ml_provider.serving.app import CONFIG_ENV, LOG_FORMAT, TOKEN_ENV, create_app
 
     config = build_config(args)
     _check_registry(config["registry"], config["models"])
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     common = {
         "host": args.host,
         "port": args.port,
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         "lifespan": "on",
     }
     if args.workers > 1:
-        os.environ[CONFIG_ENV] = json.dumps(config)
+        os.environ[CONFIG_ENV] = json.dumps({**config, "log_level": args.log_level})
         if token:
             os.environ[TOKEN_ENV] = token
         uvicorn.run("airflow_ml_provider.serving.app:create_app_from_env", factory=True,

@@ -439,6 +439,7 @@ def create_app(
 
 
 CONFIG_ENV = "AIRFLOW_ML_SERVE_CONFIG"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def create_app_from_env() -> ServingApp:
@@ -448,6 +449,8 @@ def create_app_from_env() -> ServingApp:
     if not raw:
         raise RuntimeError(f"{CONFIG_ENV} is not set; start the service with `airflow-ml serve`")
     config = json.loads(raw)
+    if not logging.getLogger().handlers:  # a spawned worker: log like the parent does
+        logging.basicConfig(level=str(config.get("log_level", "info")).upper(), format=LOG_FORMAT)
     return create_app(
         config["registry"],
         config["models"],
