@@ -176,6 +176,7 @@ def test_xgboost_regression_json_format_and_quantile_dmatrix(tmp_path):
             "eval_metric": "rmse",
             "model_format": "json",
             "dmatrix": "quantile",
+            "nthread": 1,
             "log_every": 10,
         },
         tmp_path,
