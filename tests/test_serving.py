@@ -214,6 +214,24 @@ def test_missing_bundle_keeps_old_version(models, env, tmp_path):
     manager.close()
 
 
+@pytest.mark.hdfs
+def test_serves_bundles_from_hdfs(models, env, tmp_path, hdfs_root):
+    """Bundles on the real HDFS (WebHDFS): fetched, verified, served; a damaged copy is refused."""
+    reg, _ = env
+    publish(reg, models[0].bundle_dir, hdfs_root)
+    app, manager = _app(reg, tmp_path)
+    assert manager.poll_once() == {MODEL: 1}
+    assert manager.get(MODEL).uri.startswith("webhdfs://")
+    rows = row_dicts(models[0].valid_frame)[:20]
+    status, _, body = call(app, "POST", f"/v1/models/{MODEL}:predict", predict_body(rows))
+    assert status == 200 and _f32_bits(body["predictions"]) == _f32_bits(models[0].offline[:20])
+    publish(reg, models[1].bundle_dir, hdfs_root, corrupt=True)
+    assert manager.poll_once() == {MODEL: 1}
+    entry = next(e for e in manager.status(MODEL) if e["version"] == "2")
+    assert entry["state"] == "END" and "checksum mismatch" in entry["status"]["error_message"]
+    manager.close()
+
+
 class Shift(NumericTransformer):
     """A custom transformer (referenced from the spec by dotted path)."""
 

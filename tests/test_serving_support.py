@@ -188,23 +188,27 @@ def build_example_model(workdir: Path, *, events: int = 6000, rounds: int = 30, 
     return BuiltModel(bundle_dir, fitted, result.predictor, raw, Xv, offline)
 
 
-def publish(registry, bundle_dir: Path, store: Path, name: str = MODEL, *, corrupt: bool = False):
-    """Publish a built bundle to ``store`` (file://) and commit the registry row.
+def publish(registry, bundle_dir: Path, store: Path | str, name: str = MODEL, *, corrupt: bool = False):
+    """Publish a built bundle under ``store`` (a local directory, or a URI such as webhdfs://...)
+    and commit the registry row.
 
     ``corrupt=True`` tampers with the model file after the upload (the registry keeps the true
     checksum), as a damaged copy on HDFS would be.
     """
+    from airflow_ml_provider.ml import storage
     from airflow_ml_provider.ml.bundle import load_bundle, publish_bundle
 
     version = registry.next_version(name)
     local = load_bundle(bundle_dir)
-    uri = publish_bundle(bundle_dir, store.as_uri(), name, version)
+    root = store.as_uri() if isinstance(store, Path) else store
+    uri = publish_bundle(bundle_dir, root, name, version)
     if corrupt:
-        target = Path(uri.replace("file://", "")) / "model"
-        victim = min(p for p in target.rglob("*") if p.is_file() and p.name != "metadata.json")
-        data = bytearray(victim.read_bytes())
+        victim = min(f for f in storage.list_dir(storage.join(uri, "model")) if not f.endswith("metadata.json"))
+        victim_uri = storage.join(uri, "model", victim)
+        data = bytearray(storage.read_bytes(victim_uri))
         data[len(data) // 2] ^= 0xFF
-        victim.write_bytes(bytes(data))
+        storage.remove(victim_uri)
+        storage.write_bytes_atomic(victim_uri, bytes(data))
     return registry.publish(name=name, version=version, bundle_uri=uri, framework="xgboost",
                             checksum=local.checksum)
 
