@@ -804,3 +804,33 @@ def test_spec_defaults_and_normal_form_round_trip():
     again = FeatureSpec.from_dict(spec.to_dict())
     assert again.to_dict() == spec.to_dict()
     assert math.isnan(fit(spec, pd.DataFrame({"a": [None, 1.0], "g": ["x", "y"], "t": ["p", "q"]})).transform_row({})[0])
+
+
+def test_sparse_output_has_the_same_bits(train_df):
+    spec = FeatureSpec.from_yaml(FULL_SPEC)
+    fitted, X = fit_transform(spec, train_df)
+    train_df = train_df.copy()
+    S = fitted.transform(train_df, sparse=True)
+    assert S.dtype == np.float32 and S.shape == X.shape and S.has_sorted_indices
+    assert_bits_equal(S.toarray(), X)
+    # missing bucket values (no hot column) and multi-hot lists (general path)
+    df = pd.DataFrame({"a": [1.0, np.nan, 5.0], "t": ["x|y|x", None, "y|q"]})
+    spec2 = spec_of(
+        """
+        features:
+          - {name: a, transforms: [bucketize: {edges: [2, 4], output: one_hot}]}
+          - {name: n, column: a, transforms: [standardize]}
+          - {name: t, dtype: list, transforms: [multi_hot]}
+        """
+    )
+    fitted2, X2 = fit_transform(spec2, df)
+    S2 = fitted2.transform(df, sparse=True)
+    assert_bits_equal(S2.toarray(), X2)
+    assert S2[0].nnz == 1 + 1 + 2  # bucket, number, x and y once each
+    S3 = fitted2.transform(df.drop(columns=["t"]).assign(t=["x", "y", "z"]), sparse=True)
+    assert_bits_equal(S3.toarray(), fitted2.transform(df.assign(t=["x", "y", "z"])))
+    one_spec = spec_of("features:\n  - {name: a, transforms: [bucketize: {edges: [2, 4], output: one_hot}]}\n")
+    fitted3, X3 = fit_transform(one_spec, df)
+    S4 = fitted3.transform(df, sparse=True)
+    assert_bits_equal(S4.toarray(), X3)
+    assert S4.nnz == 2  # the NaN row has no entry

@@ -43,19 +43,24 @@ _ABSENT = object()
 _BLOCK_ROWS = 8192
 
 
+def _finish_numeric(v: Any) -> np.ndarray:
+    """Canonical NaN, and +-inf beyond float32's range (as the row path does), before the cast."""
+    v = np.asarray(v, dtype=np.float64)
+    nan = np.isnan(v)
+    if nan.any():
+        v = np.where(nan, NAN, v)
+    big = np.abs(v) >= F32_OVERFLOW
+    if big.any():
+        v = np.where(big, np.copysign(np.inf, v), v)
+    return v
+
+
 def _write(blk: np.ndarray, flat: np.ndarray, comp: Any, v: Any, b0: int, b1: int, sliced: bool) -> None:
     """Write one feature's output for rows [b0, b1) into the output block (``flat`` is its 1-D view)."""
     off = comp.offset
     width = blk.shape[1]
     if comp.kind == NUMERIC:
-        v = np.asarray(v if sliced else v[b0:b1], dtype=np.float64)
-        nan = np.isnan(v)
-        if nan.any():
-            v = np.where(nan, NAN, v)  # one canonical NaN
-        big = np.abs(v) >= F32_OVERFLOW
-        if big.any():
-            v = np.where(big, np.copysign(np.inf, v), v)  # beyond float32: +-inf, as in the row path
-        blk[:, off] = v
+        blk[:, off] = _finish_numeric(v if sliced else v[b0:b1])
     elif comp.kind == ONE_HOT:
         idx = v.idx if isinstance(v, OneHotBlock) else np.asarray(v)
         if not sliced:
@@ -274,10 +279,12 @@ def fit(spec: FeatureSpec, data: Any) -> FittedSpec:
     return _fit(spec, data, _InputCache(data))
 
 
-def fit_transform(spec: FeatureSpec, data: Any) -> tuple[FittedSpec, np.ndarray]:
+def fit_transform(spec: FeatureSpec, data: Any, *, sparse: bool = False) -> tuple[FittedSpec, Any]:
     """:func:`fit` then :meth:`FittedSpec.transform` on the same table, converting each input column once."""
     cache = _InputCache(data)
     fitted = _fit(spec, data, cache)
+    if sparse:
+        return fitted, fitted._transform_sparse(data, cache)
     return fitted, fitted._transform(data, cache)
 
 
@@ -534,13 +541,88 @@ class FittedSpec:
         return fitted
 
     # -- batch transform ----------------------------------------------------------------------
-    def transform(self, data: Any) -> np.ndarray:
+    def transform(self, data: Any, *, sparse: bool = False) -> Any:
         """Transform a table (pandas DataFrame or pyarrow Table) into a float32 matrix.
 
         Columns are :attr:`feature_names`. A missing input column raises
         :class:`MissingFeatureError`; a value of the wrong type raises :class:`FeatureTypeError`.
+        With ``sparse=True`` the result is a ``scipy.sparse.csr_matrix`` (float32) whose
+        ``toarray()`` has the same bits; every numeric output is stored (zeros and NaN too),
+        one-hot zeros are not (XGBoost reads absent entries as missing).
         """
-        return self._transform(data, _InputCache(data))
+        cache = _InputCache(data)
+        if sparse:
+            return self._transform_sparse(data, cache)
+        return self._transform(data, cache)
+
+    def _feature_outputs(self, data: Any, cache: _InputCache):
+        """Yield (compiled feature, whole-column output) in output order."""
+        for comp in self._compiled:
+            values = cache.input_for(comp.fdef)
+            for t in comp.chain:
+                values = t.transform_batch(values)
+            yield comp, values
+
+    def _transform_sparse(self, data: Any, cache: _InputCache):
+        import scipy.sparse
+
+        n = _n_rows(data)
+        _check_columns(data, (c.fdef for c in self._compiled))
+        if any(c.kind == MULTI_HOT for c in self._compiled):
+            return self._transform_sparse_general(data, cache, n)
+        k = len(self._compiled)
+        vals = np.empty((n, k), dtype=np.float32)
+        cols = np.empty((n, k), dtype=np.int32)
+        present = None
+        with np.errstate(over="ignore"):
+            for j, (comp, v) in enumerate(self._feature_outputs(data, cache)):
+                off = comp.offset
+                if comp.kind == NUMERIC:
+                    vals[:, j] = _finish_numeric(v)
+                    cols[:, j] = off
+                else:
+                    idx = v.idx if isinstance(v, OneHotBlock) else np.asarray(v)
+                    hot = idx >= 0
+                    vals[:, j] = 1.0
+                    cols[:, j] = off + np.where(hot, idx, 0)
+                    if not hot.all():
+                        if present is None:
+                            present = np.ones((n, k), dtype=bool)
+                        present[:, j] = hot
+        if present is None:
+            indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
+            data_arr, indices = vals.reshape(-1), cols.reshape(-1)
+        else:
+            indptr = np.concatenate([[0], np.cumsum(present.sum(axis=1, dtype=np.int64))])
+            data_arr, indices = vals[present], cols[present]
+        return scipy.sparse.csr_matrix((data_arr, indices, indptr), shape=(n, self._width))
+
+    def _transform_sparse_general(self, data: Any, cache: _InputCache, n: int):
+        import scipy.sparse
+
+        rows, cols, vals = [], [], []
+        with np.errstate(over="ignore"):
+            for comp, v in self._feature_outputs(data, cache):
+                off = comp.offset
+                if comp.kind == NUMERIC:
+                    rows.append(np.arange(n, dtype=np.int64))
+                    cols.append(np.full(n, off, dtype=np.int64))
+                    vals.append(_finish_numeric(v).astype(np.float32))
+                elif comp.kind == ONE_HOT:
+                    idx = v.idx if isinstance(v, OneHotBlock) else np.asarray(v)
+                    r = np.flatnonzero(idx >= 0)
+                    rows.append(r)
+                    cols.append(off + idx[r])
+                    vals.append(np.ones(len(r), dtype=np.float32))
+                else:
+                    pos = np.unique(np.asarray(v.rows, dtype=np.int64) * self._width + off + v.cols)
+                    rows.append(pos // self._width)
+                    cols.append(pos % self._width)
+                    vals.append(np.ones(len(pos), dtype=np.float32))
+        coo = scipy.sparse.coo_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, self._width)
+        )
+        return coo.tocsr()
 
     def _transform(self, data: Any, cache: _InputCache) -> np.ndarray:
         with np.errstate(over="ignore"):  # float64 beyond float32's range becomes +-inf, as in rows
