@@ -278,7 +278,7 @@ class ServingApp:
         if name not in self.manager.models:
             raise NotFound(f"unknown model {name!r}; this service serves: {', '.join(self.manager.models)}")
         if version is not None:
-            loaded = sorted(self.manager._versions.get(name, {}))
+            loaded = self.manager.loaded_versions(name)
             raise NotFound(f"version {version} of model {name!r} is not loaded; loaded versions: "
                            f"{', '.join(map(str, loaded)) or 'none'}")
         raise Unavailable(f"model {name!r} has no version loaded yet")

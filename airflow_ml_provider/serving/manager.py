@@ -151,28 +151,37 @@ def _expected_spec_hash(bundle: Any) -> str | None:
 
 
 def _warm_up(model: LoadedModel) -> None:
-    """Predict on a sample row; the model must answer with finite numbers, one per row."""
-    manifest = model.manifest
-    sample = None
-    for key in ("sample_input", "sample_instance", "example_input", "warmup_instance"):
-        if isinstance(manifest.get(key), Mapping):
-            sample = manifest[key]
-            break
-        if isinstance(manifest.get(key), list) and manifest[key] and isinstance(manifest[key][0], Mapping):
-            sample = manifest[key][0]
-            break
-    if sample is not None:
-        X = model.spec.transform_rows([sample])
-    else:
-        width = len(getattr(model.spec, "feature_names", None) or [])
-        if not width:
-            raise ModelLoadError("warm-up: the fitted spec names no features")
+    """Run the request path once before the swap: transform a sample row, predict, check the answer.
+
+    The sample is ``sample_input`` from the bundle metadata when the publisher recorded one, else a
+    row of missing values (the spec's defaults). When the spec refuses that row (``on_missing:
+    error``), the model is still exercised on a zero feature vector. The model must answer one
+    finite number (or one finite vector) per row.
+    """
+    from airflow_ml_provider.ml.features import FeatureError
+
+    meta = model.manifest
+    sample = meta.get("sample_input")
+    if isinstance(sample, list) and sample and isinstance(sample[0], Mapping):
+        sample = sample[0]
+    if not isinstance(sample, Mapping):
+        sample = {column: None for column in getattr(model.spec, "input_columns", None) or []}
+    width = len(getattr(model.spec, "feature_names", None) or [])
+    if not width:
+        raise ModelLoadError("warm-up: the fitted spec names no features")
+    try:
+        X = model.transform([sample])
+    except (FeatureError, BadRequest) as exc:
+        if meta.get("sample_input") is not None:
+            raise ModelLoadError(f"warm-up: the bundle's sample_input does not transform: {exc}") from None
         X = np.zeros((1, width), dtype=np.float32)
+    if X.shape != (1, width):
+        raise ModelLoadError(f"warm-up: the transform gave shape {X.shape}, the spec names {width} features")
     # Two calls: the first may build caches; the second is the steady state.
     for _ in range(2):
-        y = model.predict_matrix(np.ascontiguousarray(X, dtype=np.float32))
-    if y.shape[0] != X.shape[0]:
-        raise ModelLoadError(f"warm-up: the model returned {y.shape[0]} predictions for {X.shape[0]} rows")
+        y = model.predict_matrix(X)
+    if y.shape[0] != 1:
+        raise ModelLoadError(f"warm-up: the model returned {y.shape[0]} predictions for 1 row")
     if not np.isfinite(np.asarray(y, dtype=np.float64)).all():
         raise ModelLoadError(f"warm-up: the model returned non-finite predictions {y.tolist()!r}")
 
@@ -327,6 +336,10 @@ class ModelManager:
             return self._served.get(name)
         versions = self._versions.get(name)
         return versions.get(version) if versions else None
+
+    def loaded_versions(self, name: str) -> list[int]:
+        """The versions of ``name`` held in memory (pinnable), ascending."""
+        return sorted(self._versions.get(name, {}))
 
     def served_versions(self) -> dict[str, int]:
         return {name: m.version for name, m in self._served.items()}
