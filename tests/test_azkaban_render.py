@@ -192,6 +192,11 @@ def test_valid_corpus_projects_convert_load_and_lint(corpus, tmp_path):
     for dag_id, expected in expected_dags.items():
         got = {t: set(ups) for t, ups in bag["dags"][dag_id]["tasks"].items()}
         assert got == expected, dag_id
+    # embedded flows are TaskGroups: ids <embedding job>.<job>, nested likewise
+    nested = bag["dags"]["embeddedflowyamltest__embedded_flow"]["tasks"]
+    assert len(nested) == 8
+    assert any(t.startswith("embedded_flow1.embedded_flow2.") for t in nested)
+    assert "innerflow.job4" in bag["dags"]["execpropstest__job3"]["tasks"]
 
     ruff = ruff_command()
     assert ruff is not None, "ruff is a test dependency"
@@ -228,18 +233,6 @@ def test_negative_corpus_projects_fail_clearly(corpus, tmp_path, capsys, rel):
     else:
         assert f"{flow}.py" not in written
         assert f"error: flow {flow!r} was not converted" in captured.err
-
-
-def test_embedded_flows_become_task_groups_with_dotted_ids(corpus, tmp_path):
-    out = tmp_path / "dags"
-    report = migrate(corpus / "execution-test-data/embeddedflowyamltest", out)
-    assert report.exit_code == 0
-    bag = dagbag(out, tmp_path)
-    tasks = bag["dags"]["embedded_flow"]["tasks"]
-    # embedded_flow1 and its nested embedded_flow2: ids <embedding job>.<job>, nested likewise
-    assert any(t.startswith("embedded_flow1.") for t in tasks)
-    assert any(t.startswith("embedded_flow1.embedded_flow2.") for t in tasks)
-    assert len(tasks) == 8
 
 
 def test_generated_file_is_short_and_uses_the_runtime(corpus, tmp_path):
