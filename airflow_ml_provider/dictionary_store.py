@@ -18,6 +18,7 @@ layers over it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import getpass
 import json
@@ -49,8 +50,8 @@ __all__ = [
     "HistoryRecord",
     "ImportResult",
     "create_engine",
-    "load_snapshot",
     "dump_export",
+    "load_snapshot",
     "mask_url",
     "parse_json_entries",
     "validate_description",
@@ -294,7 +295,9 @@ def _timestamp_type() -> sa.types.TypeEngine:
     return sa.DateTime().with_variant(_mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
-def build_tables(table: str = DEFAULT_TABLE, metadata: sa.MetaData | None = None) -> tuple[sa.Table, sa.Table]:
+def build_tables(
+    table: str = DEFAULT_TABLE, metadata: sa.MetaData | None = None
+) -> tuple[sa.Table, sa.Table]:
     """The dictionary table and its history table, ``<table>_history``."""
     table = validate_table_name(table)
     metadata = metadata if metadata is not None else sa.MetaData()
@@ -335,13 +338,13 @@ def build_tables(table: str = DEFAULT_TABLE, metadata: sa.MetaData | None = None
 
 def _utcnow() -> _dt.datetime:
     # Stored naive (UTC) so SQLite and MySQL DATETIME agree; returned aware.
-    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+    return _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
 
 
 def _aware(value: _dt.datetime | None) -> _dt.datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=_dt.timezone.utc) if value.tzinfo is None else value
+    return value.replace(tzinfo=_dt.UTC) if value.tzinfo is None else value
 
 
 @dataclass(frozen=True)
@@ -537,7 +540,9 @@ class DictionaryStore:
         entries.sort(key=lambda e: e.key)  # code-point order whatever the collation
         return entries
 
-    def history(self, key: str | None = None, *, prefix: str | None = None, limit: int | None = None) -> list[HistoryRecord]:
+    def history(
+        self, key: str | None = None, *, prefix: str | None = None, limit: int | None = None
+    ) -> list[HistoryRecord]:
         """Changes, newest first (of one key, or of keys under ``prefix``)."""
         h = self.history_table
         query = sa.select(h).order_by(h.c.id.desc())
@@ -734,9 +739,15 @@ def _direct_connect(url: URL, connect_timeout: float, query_timeout: float):
             connect_timeout=connect_timeout,
             read_timeout=query_timeout,
             write_timeout=query_timeout,
+            autocommit=None,  # one SELECT: leave the server default, save a round trip
         )
         return conn, "`", "format"
-    if backend == "sqlite" and driver == "pysqlite" and not query and url.database not in (None, "", ":memory:"):
+    if (
+        backend == "sqlite"
+        and driver == "pysqlite"
+        and not query
+        and url.database not in (None, "", ":memory:")
+    ):
         import sqlite3
 
         return sqlite3.connect(url.database, timeout=connect_timeout), '"', "qmark"
@@ -801,10 +812,8 @@ def load_snapshot(
             database=database,
         ) from None
     finally:
-        try:
+        with contextlib.suppress(Exception):  # a connection the server already dropped
             conn.close()
-        except Exception:  # noqa: BLE001 - a connection the server already dropped
-            pass
     return {k: v for k, v in rows if not prefix or k.startswith(prefix)}
 
 
@@ -848,7 +857,7 @@ def parse_json_entries(text: str, *, source: str = "<string>") -> list[tuple[str
         ) from None
     if not isinstance(doc, dict):
         raise DictionaryValidationError(
-            f"{source}: expected a JSON object (an export document or {{\"key\": value}}), "
+            f'{source}: expected a JSON object (an export document or {{"key": value}}), '
             f"got {type(doc).__name__}"
         )
     if doc.get("format") == EXPORT_FORMAT and "entries" in doc:

@@ -30,7 +30,7 @@ MARIADB_PORT = int(os.environ.get("AIRFLOW_ML_TEST_MYSQL_PORT", "3306"))
 N_CALLS = 1000
 N_KEYS = 500  # a realistic dictionary: the one query loads all of it
 
-BENCH_DAG = '''
+BENCH_DAG = """
 import json, os, statistics, time
 from airflow.sdk import dag, task, Variable
 
@@ -58,6 +58,7 @@ def bench_dictionary():
 
         from airflow_ml_provider.secrets.dictionary import DictionaryTableBackend, _SNAPSHOTS
         loads = sum(s.loads for s in _SNAPSHOTS.values())
+        first_load = sum(s.load_seconds for s in _SNAPSHOTS.values())
         reloads = []
         for _ in range(5):                                      # connect + query, backend built
             DictionaryTableBackend.clear_cache()
@@ -66,13 +67,13 @@ def bench_dictionary():
             reloads.append(time.perf_counter() - t0)
         with open(os.environ["BENCH_OUT"], "w") as fh:
             json.dump({{"cold_s": cold, "ours_s": ours, "baseline_s": baseline, "first": first,
-                       "value": value, "meta": meta, "loads_before_reloads": loads,
+                       "value": value, "meta": meta, "loads_before_reloads": loads, "first_load_s": first_load,
                        "reload_median_s": statistics.median(reloads)}}, fh)
 
     measure()
 
 bench_dictionary()
-'''
+"""
 
 
 def _admin(sql: str) -> None:
@@ -137,7 +138,12 @@ def main() -> None:
             )
             t0 = time.perf_counter()
             proc = subprocess.run(
-                [str(venv_bin / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True, timeout=600
+                [str(venv_bin / "airflow"), "db", "migrate"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=600,
             )
             if proc.returncode != 0:
                 raise RuntimeError("airflow db migrate failed:\n" + proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -148,6 +154,7 @@ def main() -> None:
                 env=env,
                 capture_output=True,
                 text=True,
+                check=False,
                 timeout=600,
             )
             if proc.returncode != 0 or not out.exists():
@@ -168,12 +175,21 @@ def main() -> None:
         f"[{r['loads_before_reloads']} query in total]"
     )
     print(f"  Airflow metastore (base)  : {base * 1000:9.2f} ms  ({base / N_CALLS * 1e3:8.3f} ms/call)")
-    print(f"  ratio                     : {ratio:9.0f}x faster  (target >= 100x: {'met' if ratio >= 100 else 'NOT met'})")
+    print(
+        f"  ratio                     : {ratio:9.0f}x faster  (target >= 100x: {'met' if ratio >= 100 else 'NOT met'})"
+    )
     print(
         f"cold first lookup in the task : {cold_ms:6.2f} ms  "
         f"(backend init + connect + one query; target <= 20 ms: {'met' if cold_ms <= 20 else 'NOT met'})"
     )
-    print(f"reload after cache clear      : {r['reload_median_s'] * 1000:6.2f} ms  (connect + one query, median of 5)")
+    print(
+        f"  of which the dictionary load : {r['first_load_s'] * 1000:6.2f} ms  (connect + one query of {N_KEYS} keys); "
+        f"the rest is Airflow building its secrets-backend chain (this module imported, the other backends) "
+        f"and its own Variable.get path"
+    )
+    print(
+        f"reload after cache clear      : {r['reload_median_s'] * 1000:6.2f} ms  (Variable.get: connect + one query, median of 5)"
+    )
 
 
 if __name__ == "__main__":

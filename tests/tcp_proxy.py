@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Self
 
 
 class TcpProxy:
@@ -64,7 +65,7 @@ class TcpProxy:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    def __enter__(self) -> TcpProxy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

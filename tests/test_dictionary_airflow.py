@@ -15,9 +15,6 @@ import json
 import subprocess
 import threading
 import time
-from pathlib import Path
-
-import pytest
 
 from airflow_ml_provider.dictionary_store import DictionaryStore
 from tests.fixtures.airflow import VENV_BIN
@@ -27,7 +24,7 @@ from tests.test_dictionary_backend import mariadb_user_url  # noqa: F401 - a fix
 
 BACKEND = "airflow_ml_provider.secrets.dictionary.DictionaryTableBackend"
 
-READ_DAG = '''
+READ_DAG = """
 import json, os
 from airflow.sdk import dag, task, Variable
 
@@ -60,9 +57,9 @@ def ml_dictionary_e2e():
     read("{{ var.value.min_auc }}", "{{ var.json.model_cfg.threshold }}")
 
 ml_dictionary_e2e()
-'''
+"""
 
-FAULT_DAG = '''
+FAULT_DAG = """
 import json, os, time
 from pathlib import Path
 from airflow.sdk import dag, task, Variable
@@ -98,16 +95,23 @@ def ml_dictionary_fault():
     survive_outage() >> lookup_after_grace()
 
 ml_dictionary_fault()
-'''
+"""
 
 
 def _airflow_ml(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(VENV_BIN / "airflow-ml"), "dictionary", *args], env=env, capture_output=True, text=True, timeout=120
+        [str(VENV_BIN / "airflow-ml"), "dictionary", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
 
 
-def test_dag_reads_the_dictionary_and_sees_a_change_on_the_next_run(run_dag, airflow_home, mariadb_url, tmp_path):
+def test_dag_reads_the_dictionary_and_sees_a_change_on_the_next_run(
+    run_dag, airflow_home, mariadb_url, tmp_path
+):
     from tests.fixtures.airflow import airflow_base_env
 
     dags = tmp_path / "dags"
@@ -191,7 +195,9 @@ def test_outage_mid_run_stale_grace_then_clear_error(run_dag, mariadb_user_url, 
             "ML_DICT_WORK": str(work),
         }
         result: dict = {}
-        runner = threading.Thread(target=lambda: result.update(r=run_dag(dags, "ml_dictionary_fault", env=env)))
+        runner = threading.Thread(
+            target=lambda: result.update(r=run_dag(dags, "ml_dictionary_fault", env=env))
+        )
         runner.start()
         deadline = time.monotonic() + 300
         while not (work / "loaded").exists() and runner.is_alive() and time.monotonic() < deadline:
@@ -205,7 +211,9 @@ def test_outage_mid_run_stale_grace_then_clear_error(run_dag, mariadb_user_url, 
     doc = json.loads((work / "out.json").read_text())
     assert doc["before"] == "0.75"
     assert doc["during_grace"] == "0.75"  # the stale snapshot, served ...
-    assert "is unreachable" in run.output and "serving the snapshot loaded" in run.output  # ... with a warning
+    assert (
+        "is unreachable" in run.output and "serving the snapshot loaded" in run.output
+    )  # ... with a warning
     assert doc["during_grace_s"] < 2.0  # refused at once; never more than the 1 s connect timeout
     error = doc["after_grace"]
     assert error.startswith("DictionaryBackendUnavailable: cannot look up Variable 'min_auc'")

@@ -172,7 +172,10 @@ def test_kwargs_from_per_key_env_vars_are_strings(store, db_url):
     [
         ({}, "sql_alchemy_conn .* is required"),
         ({"sql_alchemy_conn": "sqlite://", "connect_timeout": 30}, "connect_timeout must be between"),
-        ({"sql_alchemy_conn": "sqlite://", "cache_ttl_seconds": "soon"}, "cache_ttl_seconds must be a number"),
+        (
+            {"sql_alchemy_conn": "sqlite://", "cache_ttl_seconds": "soon"},
+            "cache_ttl_seconds must be a number",
+        ),
         ({"sql_alchemy_conn": "sqlite://", "table": "x; DROP TABLE y"}, "invalid dictionary table name"),
         ({"sql_alchemy_conn": "sqlite://", "tabel": "x"}, r"unknown argument\(s\) \['tabel'\]"),
     ],
@@ -284,7 +287,10 @@ def test_db_back_after_outage_is_picked_up(mariadb_url):
     store.set("x", "1")
     proxy = TcpProxy(MARIADB_HOST, MARIADB_PORT)
     backend = DictionaryTableBackend(
-        sql_alchemy_conn=proxy.url(mariadb_url), cache_ttl_seconds=0.1, stale_grace_seconds=60, connect_timeout=1
+        sql_alchemy_conn=proxy.url(mariadb_url),
+        cache_ttl_seconds=0.1,
+        stale_grace_seconds=60,
+        connect_timeout=1,
     )
     assert backend.get_variable("x") == "1"
     port = proxy.port
@@ -347,7 +353,9 @@ print(json.dumps({
 
 
 def _run_python(code: str, env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -365,7 +373,9 @@ def test_secrets_backend_config_on_the_server_side(airflow_home, tmp_path):
     env.update(
         {
             "AIRFLOW__SECRETS__BACKEND": BACKEND,
-            "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"sql_alchemy_conn": url, "cache_ttl_seconds": 30}),
+            "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps(
+                {"sql_alchemy_conn": url, "cache_ttl_seconds": 30}
+            ),
             "AIRFLOW_VAR_ONLY_IN_ENV": "from-env",
             "AIRFLOW_VAR_ENV_AND_DICT": "env-loses",
         }
@@ -392,13 +402,19 @@ def test_workers_secrets_backend_config_and_per_key_env_kwargs(tmp_path):
     env.update(
         {
             "AIRFLOW__WORKERS__SECRETS_BACKEND": BACKEND,
-            "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps({"sql_alchemy_conn": url, "cache_ttl_seconds": 5}),
+            "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps(
+                {"sql_alchemy_conn": url, "cache_ttl_seconds": 5}
+            ),
             "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__CACHE_TTL_SECONDS": "42",
             "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__KEY_PREFIX": "team_a.",
         }
     )
     out = _run_python(_WORKER_SIDE, env)
-    assert out["backends"] == ["DictionaryTableBackend", "EnvironmentVariablesBackend", "ExecutionAPISecretsBackend"]
+    assert out["backends"] == [
+        "DictionaryTableBackend",
+        "EnvironmentVariablesBackend",
+        "ExecutionAPISecretsBackend",
+    ]
     assert out["dict"] == "0.9"
     assert out["ttl"] == 42.0
     assert out["prefix"] == "team_a."

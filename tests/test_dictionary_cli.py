@@ -42,7 +42,11 @@ def cli(db_url, capsys):
 
 
 def test_set_get_list_delete_history(cli, db_url):
-    assert cli("set", "min_auc", "0.75", "--description", "CTR gate", "--by", "alice") == (0, "created min_auc\n", "")
+    assert cli("set", "min_auc", "0.75", "--description", "CTR gate", "--by", "alice") == (
+        0,
+        "created min_auc\n",
+        "",
+    )
     assert cli("set", "min_auc", "0.8", "--by", "bob")[1] == "updated min_auc\n"
     assert cli("set", "min_auc", "0.8")[1] == "unchanged min_auc\n"
     assert cli("set", "ratio", "-0.5")[0] == 0  # a value that looks like an option
@@ -50,7 +54,12 @@ def test_set_get_list_delete_history(cli, db_url):
     assert cli("get", "ratio")[1] == "-0.5\n"
     rc, out, _ = cli("get", "min_auc", "--json")
     doc = json.loads(out)
-    assert (doc["key"], doc["value"], doc["description"], doc["updated_by"]) == ("min_auc", "0.8", "CTR gate", "bob")
+    assert (doc["key"], doc["value"], doc["description"], doc["updated_by"]) == (
+        "min_auc",
+        "0.8",
+        "CTR gate",
+        "bob",
+    )
 
     rc, out, _ = cli("list")
     assert rc == 0
@@ -80,7 +89,9 @@ def test_set_get_list_delete_history(cli, db_url):
 def test_get_and_delete_of_missing_key_exit_non_zero(cli):
     rc, out, err = cli("get", "no_such_key")
     assert rc == 1 and out == ""
-    assert err.startswith("airflow-ml: error: key 'no_such_key' not found in dictionary table 'ml_dictionary'")
+    assert err.startswith(
+        "airflow-ml: error: key 'no_such_key' not found in dictionary table 'ml_dictionary'"
+    )
     rc, out, err = cli("delete", "no_such_key")
     assert rc == 1 and "key 'no_such_key' not found" in err
 
@@ -132,7 +143,7 @@ def test_import_properties_then_export_round_trip(cli, tmp_path):
     text = export.read_text(encoding="utf-8")
     assert cli("export")[1] == text  # stdout and file agree
     # import reads it back unchanged: into the same DB nothing changes ...
-    rc, out, _ = cli("import", str(export))
+    _, out, _ = cli("import", str(export))
     assert out.endswith("0 created, 0 updated, 8 unchanged\n")
     # ... and into a fresh DB the export is identical, descriptions included
     other = f"sqlite:///{tmp_path}/other.db"
@@ -145,6 +156,7 @@ def test_import_json_flat_mapping_and_dry_run(cli, tmp_path):
     src = tmp_path / "vars.json"
     src.write_text(json.dumps({"min_auc": "0.7", "model_cfg": {"threshold": 0.5}, "n": 3}))
     rc, out, _ = cli("import", str(src), "--dry-run")
+    assert rc == 0
     assert out == f"dry run: 3 keys in {src}: 3 would be created, 0 changed\n"
     assert json.loads(cli("list", "--json")[1]) == []
     assert cli("import", str(src))[0] == 0
@@ -208,7 +220,12 @@ def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def _airflow_ml(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(VENV_BIN / "airflow-ml"), "dictionary", *args], env=env, capture_output=True, text=True, timeout=120
+        [str(VENV_BIN / "airflow-ml"), "dictionary", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
 
 
@@ -217,7 +234,9 @@ def test_connection_from_airflow_configuration(tmp_path, mariadb_url):
     env = _cli_env(
         tmp_path,
         AIRFLOW__WORKERS__SECRETS_BACKEND=BACKEND,
-        AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS=json.dumps({"sql_alchemy_conn": sqlite_url, "table": "settings"}),
+        AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS=json.dumps(
+            {"sql_alchemy_conn": sqlite_url, "table": "settings"}
+        ),
         AIRFLOW__SECRETS__BACKEND=BACKEND,
         AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps({"sql_alchemy_conn": mariadb_url}),
     )
@@ -270,5 +289,7 @@ def test_cli_module_import_is_cheap():
         "heavy = [m for m in ('airflow', 'sqlalchemy', 'xgboost', 'tensorflow') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -36,7 +36,10 @@ def store(db_url):
 
 
 def test_crud_and_history(store):
-    assert store.set("min_auc", "0.75", description="gate for the CTR model", updated_by="alice").action == "created"
+    assert (
+        store.set("min_auc", "0.75", description="gate for the CTR model", updated_by="alice").action
+        == "created"
+    )
     assert store.set("min_auc", "0.80", updated_by="bob").action == "updated"
     assert store.set("min_auc", "0.80", updated_by="bob").action == "unchanged"
     entry = store.get("min_auc")
@@ -213,7 +216,7 @@ def test_import_is_one_transaction(store):
 def test_export_then_import_reads_back_unchanged(store, db_url, tmp_path):
     store.set("min_auc", "0.75", description="gate")
     store.set("cfg", json.dumps({"threshold": 0.5, "features": ["a", "b"]}))
-    store.set("multi", "line 1\nline 2\ttab \\ backslash \"quote\"")
+    store.set("multi", 'line 1\nline 2\ttab \\ backslash "quote"')
     store.set("empty", "")
     store.set("unicode", "数据 ü")
     text = ds.dump_export(store.export_entries())
@@ -254,9 +257,18 @@ def test_parse_json_flat_mapping_like_airflow_variables_export():
         ('{"a": 1,', r"invalid JSON at line 1, column 9"),
         ("[1, 2]", "expected a JSON object"),
         ('{"format": "airflow-ml-dictionary", "version": 9, "entries": []}', "unsupported export version 9"),
-        ('{"format": "airflow-ml-dictionary", "version": 1, "entries": [{"key": "a"}]}', r"entries\[0\]: missing field 'value'"),
-        ('{"format": "airflow-ml-dictionary", "version": 1, "entries": [{"key": "a", "value": 1}]}', r"key 'a'\): 'value' must be a string"),
-        ('{"format": "airflow-ml-dictionary", "version": 1, "entries": [{"key": "a", "value": "1", "x": 1}]}', "unknown field"),
+        (
+            '{"format": "airflow-ml-dictionary", "version": 1, "entries": [{"key": "a"}]}',
+            r"entries\[0\]: missing field 'value'",
+        ),
+        (
+            '{"format": "airflow-ml-dictionary", "version": 1, "entries": [{"key": "a", "value": 1}]}',
+            r"key 'a'\): 'value' must be a string",
+        ),
+        (
+            '{"format": "airflow-ml-dictionary", "version": 1, "entries": [{"key": "a", "value": "1", "x": 1}]}',
+            "unknown field",
+        ),
     ],
 )
 def test_parse_json_errors_name_the_problem(text, problem):
@@ -297,13 +309,22 @@ def test_core_never_imports_airflow():
         "bad = [n for n in sys.modules if n == 'airflow' or n.startswith('airflow.')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_load_snapshot_direct_driver_path(store, db_url):
     """The backend's one-query load (driver used directly) gives what the SQLAlchemy path gives."""
-    for key, value in {"team_a.x": "1", "teamBa.x": "2", "team_a.y": "3", "a%b": "4", "a!b": "5", "z": "6"}.items():
+    for key, value in {
+        "team_a.x": "1",
+        "teamBa.x": "2",
+        "team_a.y": "3",
+        "a%b": "4",
+        "a!b": "5",
+        "z": "6",
+    }.items():
         store.set(key, value)
     assert ds.load_snapshot(db_url) == store.load()
     assert ds.load_snapshot(db_url, prefix="team_a.") == {"team_a.x": "1", "team_a.y": "3"}  # "_" is literal

@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import", parents=[common], help="import keys from a .properties or JSON file (one transaction)"
     )
-    p.add_argument("file", help="a Java .properties file, or JSON (an export, or {\"key\": value})")
+    p.add_argument("file", help='a Java .properties file, or JSON (an export, or {"key": value})')
     p.add_argument(
         "--format", choices=("properties", "json"), default=None, help="default: from the file extension"
     )
@@ -137,7 +137,9 @@ def _settings_from_airflow() -> dict[str, Any]:
         try:
             kwargs = json.loads(raw) if raw.strip() else {}
         except json.JSONDecodeError as exc:
-            raise CLIError(f"[{section}] {kwargs_opt} is not valid JSON: {exc.msg} (column {exc.colno})") from None
+            raise CLIError(
+                f"[{section}] {kwargs_opt} is not valid JSON: {exc.msg} (column {exc.colno})"
+            ) from None
         if not isinstance(kwargs, dict):
             raise CLIError(f"[{section}] {kwargs_opt} must be a JSON object")
         for name, value in os.environ.items():
@@ -247,7 +249,9 @@ def cmd_get(args: argparse.Namespace) -> int:
     full = _full_key(prefix, args.key)
     entry = _run(store.get, full)
     if entry is None:
-        raise CLIError(f"key {args.key!r} not found in dictionary table {store.table_name!r} ({store.database})")
+        raise CLIError(
+            f"key {args.key!r} not found in dictionary table {store.table_name!r} ({store.database})"
+        )
     if args.json:
         doc = entry.to_dict()
         doc["key"] = args.key
@@ -273,7 +277,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
     full = _full_key(prefix, args.key)
     deleted = _run(store.delete, full, updated_by=args.by)
     if deleted is None:
-        raise CLIError(f"key {args.key!r} not found in dictionary table {store.table_name!r} ({store.database})")
+        raise CLIError(
+            f"key {args.key!r} not found in dictionary table {store.table_name!r} ({store.database})"
+        )
     _out(f"deleted {args.key}")
     return 0
 
@@ -312,8 +318,14 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_import_file(path: Path, fmt: str | None, encoding: str = "iso-8859-1") -> list[tuple[str, str, Any]]:
-    from airflow_ml_provider.dictionary_store import DictionaryValidationError, entries_from_mapping, parse_json_entries
+def _read_import_file(
+    path: Path, fmt: str | None, encoding: str = "iso-8859-1"
+) -> list[tuple[str, str, Any]]:
+    from airflow_ml_provider.dictionary_store import (
+        DictionaryValidationError,
+        entries_from_mapping,
+        parse_json_entries,
+    )
 
     if fmt is None:
         suffix = path.suffix.lower()
@@ -322,7 +334,9 @@ def _read_import_file(path: Path, fmt: str | None, encoding: str = "iso-8859-1")
         elif suffix in (".properties", ".props"):
             fmt = "properties"
         else:
-            raise CLIError(f"{path}: cannot tell the format from the extension; pass --format properties|json")
+            raise CLIError(
+                f"{path}: cannot tell the format from the extension; pass --format properties|json"
+            )
     if not path.is_file():
         raise CLIError(f"{path}: no such file")
     try:

@@ -96,6 +96,7 @@ class _Snapshot:
     failed_at: float | None = None
     last_error: str | None = None
     loads: int = 0
+    load_seconds: float = 0.0  # how long the last successful load took (connect + one query)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -173,7 +174,9 @@ class DictionaryTableBackend(BaseSecretsBackend):
         # Every read on the connection (the server greeting included) is bounded too: by default by
         # the connect timeout, so a server that accepts and then stays silent cannot hang a lookup.
         self.query_timeout = (
-            self.connect_timeout if query_timeout is None else _number("query_timeout", query_timeout, minimum=0.001)
+            self.connect_timeout
+            if query_timeout is None
+            else _number("query_timeout", query_timeout, minimum=0.001)
         )
         self._store: DictionaryStore | None = None  # built at the first lookup: creating a backend is free
         self._cache_key = (sql_alchemy_conn, self.table, self.key_prefix)
@@ -253,6 +256,7 @@ class DictionaryTableBackend(BaseSecretsBackend):
             retry_interval = min(self.cache_ttl_seconds, MAX_RETRY_INTERVAL)
             recently_failed = snap.failed_at is not None and now - snap.failed_at < retry_interval
             if not recently_failed:
+                started = time.perf_counter()
                 try:
                     values = self._load()
                 except DictionaryError as exc:
@@ -265,6 +269,13 @@ class DictionaryTableBackend(BaseSecretsBackend):
                 snap.failed_at = None
                 snap.last_error = None
                 snap.loads += 1
+                snap.load_seconds = time.perf_counter() - started
+                log.debug(
+                    "Loaded %d dictionary keys from %s in %.1f ms",
+                    len(values),
+                    self.database,
+                    snap.load_seconds * 1e3,
+                )
                 return values
             return self._fallback(snap, key, warn=False)
 
@@ -295,4 +306,6 @@ class DictionaryTableBackend(BaseSecretsBackend):
         )
 
     def __repr__(self) -> str:
-        return f"DictionaryTableBackend({self.database!r}, table={self.table!r}, key_prefix={self.key_prefix!r})"
+        return (
+            f"DictionaryTableBackend({self.database!r}, table={self.table!r}, key_prefix={self.key_prefix!r})"
+        )
