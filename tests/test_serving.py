@@ -214,6 +214,26 @@ def test_missing_bundle_keeps_old_version(models, env, tmp_path):
     manager.close()
 
 
+def test_bundle_whose_model_and_spec_disagree_is_refused(models, env, tmp_path):
+    from airflow_ml_provider.ml.bundle import build_bundle
+    from airflow_ml_provider.ml.features import FeatureSpec, fit
+    from tests.test_serving_support import make_frame
+
+    reg, store = env
+    other = fit(FeatureSpec.from_yaml(SPEC_YAML.replace("top_k: 6", "top_k: 3")), make_frame(300, 5))
+    assert other.feature_names != models[0].fitted.feature_names
+    build_bundle(tmp_path / "mixed", model_dir=models[0].bundle_dir / "model", fitted_spec=other,
+                 framework="xgboost")
+    publish(reg, models[0].bundle_dir, store)
+    _, manager = _app(reg, tmp_path)
+    manager.poll_once()
+    publish(reg, tmp_path / "mixed", store)
+    assert manager.poll_once() == {MODEL: 1}
+    entry = next(e for e in manager.status(MODEL) if e["version"] == "2")
+    assert "trained on other features than the bundle's fitted spec" in entry["status"]["error_message"]
+    manager.close()
+
+
 @pytest.mark.hdfs
 def test_serves_bundles_from_hdfs(models, env, tmp_path, hdfs_root):
     """Bundles on the real HDFS (WebHDFS): fetched, verified, served; a damaged copy is refused."""

@@ -228,6 +228,13 @@ def load_model(name: str, record: Any, cache_dir: Path, *, predict_threads: int 
                                  f"in the bundle ({expected})")
         predictor = load_predictor(bundle.framework, bundle.model_dir)
         set_predict_threads(predictor, predict_threads)
+        trained_on = list(getattr(predictor, "feature_names", None) or [])
+        if trained_on and trained_on != list(spec.feature_names):
+            diff = next((f"column {i}: model {a!r}, spec {b!r}" for i, (a, b) in
+                         enumerate(zip(trained_on, spec.feature_names)) if a != b),
+                        f"model has {len(trained_on)} features, spec {len(spec.feature_names)}")
+            raise ModelLoadError(f"the model was trained on other features than the bundle's fitted spec "
+                                 f"produces ({diff})")
         model = LoadedModel(name=name, version=version, uri=uri, spec=spec, predictor=predictor,
                             framework=str(bundle.framework), manifest=dict(bundle.metadata),
                             bundle_dir=target, record=record)
