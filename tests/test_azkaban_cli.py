@@ -334,3 +334,25 @@ def test_progress_bar_on_a_terminal():
     for i in range(1, 4):
         small(i, 3, "f")
     assert quiet.getvalue() == ""
+
+
+def test_awkward_job_names_and_schedule_mapping(tmp_path, capsys):
+    """Job names that are Python keywords, builtins or the DAG file's own names still give a
+    valid, lint-clean file whose task ids are the job names."""
+    import runpy
+
+    names = ["print", "class", "dag", "DAG", "job", "Path", "INHERITED_1", "1abc", "a-b", "a.b", "__init__"]
+    files = {f"{n}.job": "type=noop\n" for n in names}
+    files["end.job"] = "type=noop\ndependencies=" + ",".join(names) + "\n"
+    proj = write(tmp_path / "names", files)
+    sched = tmp_path / "s.json"
+    # a mapping by flow name whose value is a raw fetchSchedule response
+    sched.write_text(json.dumps({"end": {"schedule": {"cronExpression": "0 0 3 ? * SUN"}}}))
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, str(proj), "--out", str(out), "--schedules", str(sched))
+    assert rc == 0, err
+    ns = runpy.run_path(str(out / "end.py"))
+    dag = ns["end"].dag  # the task variable is named after the job
+    assert sorted(dag.task_ids) == sorted([*names, "end"])
+    assert dag.get_task("end").upstream_task_ids == set(names)
+    assert '"0 3 * * 0"' in (out / "end.py").read_text()

@@ -13,6 +13,7 @@ Pure: no Airflow import.
 
 from __future__ import annotations
 
+import builtins
 import json
 import keyword
 import os
@@ -44,13 +45,21 @@ def py_literal(value: Any) -> str:
     raise TypeError(f"cannot render {type(value).__name__}")
 
 
+_BUILTINS = frozenset(dir(builtins))
+
+
 class _Names:
     def __init__(self) -> None:
         self.used: set[str] = {"dag", "job", "flow_dag_args", "DAG", "TaskGroup", "Path", "PROJECT_DIR"}
 
     def make(self, raw: str, prefix: str = "") -> str:
         base = re.sub(r"\W", "_", raw, flags=re.ASCII) or "task"
-        if base[0].isdigit() or keyword.iskeyword(base) or base.startswith("INHERITED_"):
+        if (
+            base[0].isdigit()
+            or keyword.iskeyword(base)
+            or base in _BUILTINS
+            or base.startswith(("INHERITED_", "__"))
+        ):
             base = f"{prefix or 't'}_{base}"
         name, n = base, 2
         while name in self.used:

@@ -5,7 +5,8 @@ or a list assembled from them):
 
 * ``{"schedule": {...}}`` (one schedule),
 * ``{"schedules": [...]}`` or ``{"items": [...]}`` or a bare list of schedules,
-* ``{"<flow>": {...}, ...}`` (a mapping by flow name).
+* ``{"<flow>": {...}, ...}`` (a mapping by flow name; each value a schedule, or a whole
+  ``fetchSchedule`` response ``{"schedule": {...}}``, which does not name its flow).
 
 Each schedule: the flow name in ``flowId`` / ``flowName`` / ``flow``; the Quartz expression in
 ``cronExpression`` / ``cron``; optional ``timezone`` / ``timeZone``; optional ``projectName``
@@ -49,6 +50,8 @@ def _entries(data: Any, source: str) -> list[tuple[str, Mapping[str, Any]]]:
     out = []
     for name, entry in data.items():
         if isinstance(entry, Mapping):
+            if isinstance(entry.get("schedule"), Mapping):  # {"flow": <fetchSchedule response>}
+                entry = entry["schedule"]
             entry = dict(entry)
             entry.setdefault("flowId", name)
             out.append((str(name), entry))
