@@ -165,7 +165,7 @@ def test_swap_under_load_five_versions_one_corrupt_then_rollback(tmp_path, maria
     assert served_versions == set(good), served_versions
 
     load_seconds = {int(e["version"]): e.get("load_seconds") or 0.0 for e in status_doc}
-    slack = 0.6  # request latency on a shared 2-core machine
+    slack = 1.0  # request latency and thread scheduling on a shared, busy 2-core machine
     for t0, t1, _, version, preds in results:
         # The scores are that version's offline scores: the response really came from it.
         assert np.array_equal(np.float32(preds), np.float32(expected[version]))
