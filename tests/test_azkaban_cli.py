@@ -23,6 +23,8 @@ BASIC = {
     "b.job": "type=command\ndependencies=a\ncommand=echo b\nretries=2\nretry.backoff=1500\n",
     "c.job": "type=noop\ndependencies=b\n",
     "scripts/run.sh": "#!/bin/sh\necho hi\n",
+    # a resource that looks like a DAG file to Airflow: .airflowignore must keep it out
+    "scripts/helper.py": "# airflow dag\nraise SystemExit('resource parsed as a DAG')\n",
 }
 
 
@@ -75,7 +77,7 @@ def test_retries_and_backoff_reach_the_task(tmp_path, capsys):
         "from airflow.dag_processing.dagbag import DagBag\n"
         "bag = DagBag(sys.argv[1]); d = bag.dags['c']; t = d.get_task('b')\n"
         "rule = getattr(t.trigger_rule, 'value', t.trigger_rule)\n"
-        "print('@@', t.retries, t.retry_delay.total_seconds(), rule, d.get_task('a').retries)\n"
+        "print('@@', t.retries, t.retry_delay.total_seconds(), rule, d.get_task('a').retries, len(bag.import_errors))\n"
     )
     env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "ah"), AIRFLOW__CORE__LOAD_EXAMPLES="False")
     proc = subprocess.run(
@@ -86,7 +88,8 @@ def test_retries_and_backoff_reach_the_task(tmp_path, capsys):
         check=False,
     )
     line = next(x for x in proc.stdout.splitlines() if x.startswith("@@"))
-    assert line.split()[1:5] == ["2", "1.5", "all_success", "0"]
+    assert line.split()[1:6] == ["2", "1.5", "all_success", "0", "0"]
+    assert (out / "basic_resources" / "scripts" / "helper.py").exists()
 
 
 def test_dry_run_writes_nothing_and_prefix_applies(tmp_path, capsys):
