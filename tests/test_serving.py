@@ -519,3 +519,22 @@ def test_cli_unreachable_registry(capsys):
     rc = main(["serve", "--registry", "mysql+pymysql://u:hunter2@127.0.0.1:1/x", "--models", "m"])
     err = capsys.readouterr().err
     assert rc == 1 and "cannot read the model registry" in err and "hunter2" not in err
+
+
+def test_cli_registry_from_a_connection_id(tmp_path, monkeypatch):
+    """--registry takes an Airflow connection id (here from AIRFLOW_CONN_<ID>, no Airflow import)."""
+    import argparse
+
+    from airflow_ml_provider.cli import CLIError, build_parser
+    from airflow_ml_provider.cli.serve import build_config
+
+    db = tmp_path / "reg.db"
+    monkeypatch.setenv("AIRFLOW_CONN_ML_REGISTRY_TEST", json.dumps({"conn_type": "sqlite", "host": str(db)}))
+    args = build_parser().parse_args(["serve", "--registry", "ml_registry_test", "--models", "a,b", "--workers", "2"])
+    assert isinstance(args, argparse.Namespace)
+    config = build_config(args)
+    assert config["registry"].startswith("sqlite:///") and config["registry"].endswith(str(db))
+    assert config["models"] == ["a", "b"]
+    monkeypatch.setenv("AIRFLOW_CONN_ML_REGISTRY_TEST", "{not json")
+    with pytest.raises(CLIError, match="AIRFLOW_CONN_ML_REGISTRY_TEST is not valid JSON"):
+        build_config(args)
