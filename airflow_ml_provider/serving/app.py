@@ -148,6 +148,7 @@ class ServingApp:
         method: str = scope.get("method") or "GET"
         model_label: str | None = None
         rows = 0
+        is_predict = False
         try:
             if path == "/healthz" or path == "/readyz":
                 _allow(method, ("GET", "HEAD"))
@@ -161,18 +162,19 @@ class ServingApp:
                                [(b"content-type", self.metrics.content_type.encode())])
                 return
             if not path.startswith(_PREFIX):
-                raise NotFound(f"no route {path!r}; the API is /v1/models/{{name}}[:predict]")
+                raise NotFound(f"no route {_short(path)!r}; the API is /v1/models/{{name}}[:predict]")
             rest = path[len(_PREFIX):]
             if rest.endswith(":predict"):
                 name, version = _parse_model_path(rest[: -len(":predict")])
                 model_label = name
+                is_predict = True
                 _allow(method, ("POST",))
                 body = await self._read_body(scope, receive)
                 rows = await self._predict(name, version, body, send)
             else:
                 if ":" in rest.rsplit("/", 1)[-1]:
                     verb = rest.rsplit(":", 1)[-1]
-                    raise NotFound(f"unknown method {verb!r}; this service supports :predict")
+                    raise NotFound(f"unknown method {_short(verb)!r}; this service supports :predict")
                 _allow(method, ("GET", "HEAD"))
                 if rest.endswith("/metadata"):
                     name, version = _parse_model_path(rest[: -len("/metadata")])
@@ -195,7 +197,8 @@ class ServingApp:
             await _respond(send, 500, _dumps({"error": f"internal error: {type(exc).__name__}"}),
                            _JSON_HEADERS)
         if model_label is not None:
-            self.metrics.observe_request(model_label, status, time.perf_counter() - started, rows)
+            self.metrics.observe_request(model_label, status,
+                                         time.perf_counter() - started if is_predict else None, rows)
 
     # ---- pieces -------------------------------------------------------------------------------
 
@@ -276,7 +279,8 @@ class ServingApp:
         if model is not None:
             return model
         if name not in self.manager.models:
-            raise NotFound(f"unknown model {name!r}; this service serves: {', '.join(self.manager.models)}")
+            raise NotFound(f"unknown model {_short(name)!r}; this service serves: "
+                           f"{', '.join(self.manager.models)}")
         if version is not None:
             loaded = self.manager.loaded_versions(name)
             raise NotFound(f"version {version} of model {name!r} is not loaded; loaded versions: "
@@ -295,7 +299,8 @@ class ServingApp:
 
     async def _status(self, name: str, version: int | None, send: Send) -> None:
         if name not in self.manager.models:
-            raise NotFound(f"unknown model {name!r}; this service serves: {', '.join(self.manager.models)}")
+            raise NotFound(f"unknown model {_short(name)!r}; this service serves: "
+                           f"{', '.join(self.manager.models)}")
         entries = self.manager.status(name)
         if version is not None:
             entries = [e for e in entries if e["version"] == str(version)]
@@ -351,9 +356,15 @@ def _parse_model_path(rest: str) -> tuple[str, int | None]:
     if len(parts) == 3 and parts[0] and parts[1] == "versions":
         text = parts[2]
         if not (text.isascii() and text.isdigit()) or len(text) > 18:
-            raise NotFound(f"invalid version {text!r}: versions are positive integers")
+            raise NotFound(f"invalid version {_short(text)!r}: versions are positive integers")
         return parts[0], int(text)
-    raise NotFound(f"no route {_PREFIX + rest!r}; use /v1/models/{{name}} or /v1/models/{{name}}/versions/{{v}}")
+    raise NotFound(f"no route {_short(_PREFIX + rest)!r}; use /v1/models/{{name}} or "
+                   "/v1/models/{name}/versions/{v}")
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """Client text echoed in an error message, cut to a sane length."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _json_type(value: Any) -> str:

@@ -6,7 +6,7 @@ dict lookup plus the increment.
 
 Metrics (all prefixed ``airflow_ml_serving_``):
 
-``requests_total{model,code}``            predict / status requests by model and HTTP status
+``requests_total{model,code}``            /v1 requests (predict, status, metadata) by model and status
 ``request_latency_seconds{model}``        histogram of predict latency (body read to response)
 ``rows_total{model}``                     instances predicted
 ``loaded_version{model}``                 the version currently served (gauge; absent until loaded)
@@ -70,17 +70,19 @@ class ServingMetrics:
     def label(self, model: str | None) -> str:
         return model if model in self._known else UNKNOWN_MODEL
 
-    def observe_request(self, model: str | None, code: int, seconds: float, rows: int = 0) -> None:
+    def observe_request(self, model: str | None, code: int, seconds: float | None, rows: int = 0) -> None:
+        """Count a request; ``seconds`` (predict requests only) goes to the latency histogram."""
         model = self.label(model)
         key = (model, code)
         child = self._req_children.get(key)
         if child is None:
             child = self._req_children[key] = self.requests.labels(model, str(code))
         child.inc()
-        lat = self._lat_children.get(model)
-        if lat is None:
-            lat = self._lat_children[model] = self.latency.labels(model)
-        lat.observe(seconds)
+        if seconds is not None:
+            lat = self._lat_children.get(model)
+            if lat is None:
+                lat = self._lat_children[model] = self.latency.labels(model)
+            lat.observe(seconds)
         if rows:
             rc = self._row_children.get(model)
             if rc is None:
