@@ -161,3 +161,37 @@ def test_provider_registers_the_webhdfs_filesystem(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_racing_publishers_one_wins_and_the_loser_leaves_no_trace(root_uri, tmp_path):
+    """Many publishers race for one version: exactly one wins, the others get FileExistsError,
+    and the winner's directory holds exactly its own files (nothing moved into it)."""
+    sources = []
+    for i in range(4):
+        src = tmp_path / f"src{i}"
+        make_tree(src, 6)
+        (src / f"owner-{i}.txt").write_text(str(i))
+        sources.append(src)
+    target = storage.join(root_uri, "race", "1")
+    results: dict[int, str] = {}
+    barrier = threading.Barrier(len(sources))
+
+    def publish(i: int) -> None:
+        barrier.wait()
+        try:
+            storage.put_dir_atomic(sources[i], target)
+            results[i] = "won"
+        except FileExistsError:
+            results[i] = "lost"
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(sources))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, r in results.items() if r == "won"]
+    assert len(winners) == 1, results
+    files = storage.list_dir(target)
+    assert files == sorted(p.relative_to(sources[winners[0]]).as_posix()
+                           for p in sources[winners[0]].rglob("*") if p.is_file())
+    assert not any(".tmp-" in f for f in storage.list_dir(storage.join(root_uri, "race")))

@@ -20,6 +20,7 @@ name the URI with any password masked.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
@@ -243,12 +244,7 @@ def put_dir_atomic(local_dir: str | os.PathLike[str], uri: Any) -> str:
             if sub != tmp:
                 fs.makedirs(sub, exist_ok=True)
             fs.put_file(str(file), target)
-        if fs.exists(path):  # lost a race with another publisher
-            raise FileExistsError(f"already exists: {mask_uri(uri)}")
-        fs.mv(tmp, path, recursive=True)
-        # HDFS renames a directory *into* an existing directory; make sure it landed as ``path``.
-        if fs.exists(posixpath.join(path, posixpath.basename(tmp))):
-            raise FileExistsError(f"already exists: {mask_uri(uri)} (concurrent publish)")
+        _rename_no_replace(fs, tmp, path, uri)
     except FileExistsError:
         _quiet_rm(fs, tmp, recursive=True)
         raise
@@ -256,6 +252,40 @@ def put_dir_atomic(local_dir: str | os.PathLike[str], uri: Any) -> str:
         _quiet_rm(fs, tmp, recursive=True)
         raise _wrap("publishing to", uri, exc) from exc
     return str(uri) if not _is_object_storage_path(uri) else str(uri)
+
+
+def _rename_no_replace(fs: AbstractFileSystem, src: str, dst: str, uri: Any) -> None:
+    """Rename ``src`` to ``dst``, failing with FileExistsError if ``dst`` exists (never moving into it).
+
+    A plain ``mv`` is not safe for racing publishers: locally it moves into an existing directory,
+    and an HDFS RENAME does the same. Local disk uses ``os.rename`` (fails on a non-empty target);
+    WebHDFS uses RENAME with ``renameoptions=NONE`` (HDFS rename2: fails if the target exists).
+    """
+    from fsspec.implementations.local import LocalFileSystem
+    from fsspec.implementations.webhdfs import WebHDFS
+
+    if isinstance(fs, LocalFileSystem):
+        try:
+            os.rename(src, dst)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise FileExistsError(f"already exists: {mask_uri(uri)}") from exc
+            raise
+        return
+    if isinstance(fs, WebHDFS):
+        try:
+            fs._call("RENAME", method="put", path=src, destination=dst, renameoptions="NONE")
+        except Exception as exc:  # noqa: BLE001 - fsspec maps the 403 to PermissionError/OSError
+            if "FileAlreadyExists" in str(exc) or fs.exists(dst) and not fs.exists(src):
+                raise FileExistsError(f"already exists: {mask_uri(uri)}") from exc
+            if fs.exists(dst):
+                raise FileExistsError(f"already exists: {mask_uri(uri)}") from exc
+            raise
+        fs.invalidate_cache()
+        return
+    if fs.exists(dst):  # other filesystems: best effort
+        raise FileExistsError(f"already exists: {mask_uri(uri)}")
+    fs.mv(src, dst, recursive=True)
 
 
 def list_dir(uri: Any) -> list[str]:
