@@ -312,6 +312,11 @@ def _disabled_ids(entries: Sequence[Any], prefix: str = "") -> list[str]:
     return out
 
 
+def _reader_rejected_trigger(project: Project, flow_name: str) -> bool:
+    """True when the reader already reported the flow's trigger as an error (no double report)."""
+    return any(p.kind == "invalid-trigger" and p.is_error for p in project.flow_problems(flow_name))
+
+
 def plan_flow(
     project: Project,
     flow_name: str,
@@ -355,7 +360,7 @@ def plan_flow(
     quartz, origin, tz = None, "", None
     if schedule and schedule.get("cron"):
         quartz, origin, tz = str(schedule["cron"]), "--schedules", schedule.get("timezone")
-    elif flow.trigger is not None and flow.trigger.cron:
+    elif flow.trigger is not None and flow.trigger.cron and not _reader_rejected_trigger(project, flow_name):
         quartz, origin = flow.trigger.cron, f"trigger in {flow.source_file}"
         if flow.trigger.dependencies:
             names = ", ".join(str(d.name) for d in flow.trigger.dependencies)
