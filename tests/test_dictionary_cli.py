@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -211,76 +210,102 @@ def test_key_prefix_option(cli, db_url):
 # the connection from Airflow's configuration (real subprocesses, real airflow.configuration)
 
 
-def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+@pytest.fixture
+def airflow_env(monkeypatch):
+    """Airflow's configuration read in this process, from environment variables only."""
+    for name in list(os.environ):
+        if name.startswith(("AIRFLOW__WORKERS__SECRETS_BACKEND", "AIRFLOW__SECRETS__BACKEND")):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_connection_from_airflow_configuration(airflow_env, capsys, tmp_path, mariadb_url):
+    sqlite_url = f"sqlite:///{tmp_path}/workers.db"
+    airflow_env.setenv("AIRFLOW__WORKERS__SECRETS_BACKEND", BACKEND)
+    airflow_env.setenv(
+        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS",
+        json.dumps({"sql_alchemy_conn": sqlite_url, "table": "settings"}),
+    )
+    airflow_env.setenv("AIRFLOW__SECRETS__BACKEND", BACKEND)
+    airflow_env.setenv("AIRFLOW__SECRETS__BACKEND_KWARGS", json.dumps({"sql_alchemy_conn": mariadb_url}))
+    assert main(["dictionary", "set", "min_auc", "0.7"]) == 0
+    # [workers] wins: the row went to the SQLite file, table "settings"
+    assert DictionaryStore(sqlite_url, "settings").load() == {"min_auc": "0.7"}
+    assert DictionaryStore(mariadb_url).load(create_missing=True) == {}
+    # a per-key variable overrides the JSON, as in Airflow
+    airflow_env.setenv("AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__KEY_PREFIX", "team_a.")
+    assert main(["dictionary", "set", "min_auc", "0.8"]) == 0
+    assert DictionaryStore(sqlite_url, "settings").load() == {"min_auc": "0.7", "team_a.min_auc": "0.8"}
+    # --sql-alchemy-conn overrides the configuration
+    assert main(["dictionary", "set", "min_auc", "0.9", "--sql-alchemy-conn", mariadb_url]) == 0
+    assert DictionaryStore(mariadb_url).load() == {"min_auc": "0.9"}
+    # only [secrets] configured: the CLI uses it
+    airflow_env.delenv("AIRFLOW__WORKERS__SECRETS_BACKEND")
+    capsys.readouterr()
+    assert main(["dictionary", "get", "min_auc"]) == 0
+    assert capsys.readouterr().out == "0.9\n"
+
+
+def test_installed_command_reads_airflow_configuration(tmp_path, mariadb_url):
+    """The real ``airflow-ml`` executable in a fresh process, configured only through Airflow."""
+    DictionaryStore(mariadb_url).create_tables()
+    DictionaryStore(mariadb_url).set("min_auc", "0.65")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
-    env.update({"AIRFLOW_HOME": str(tmp_path / "airflow_home"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"})
-    env.update(extra)
-    return env
-
-
-def _airflow_ml(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VENV_BIN / "airflow-ml"), "dictionary", *args],
+    env.update(
+        {
+            "AIRFLOW_HOME": str(tmp_path / "airflow_home"),
+            "AIRFLOW__SECRETS__BACKEND": BACKEND,
+            "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"sql_alchemy_conn": mariadb_url}),
+        }
+    )
+    proc = subprocess.run(
+        [str(VENV_BIN / "airflow-ml"), "dictionary", "get", "min_auc"],
         env=env,
         capture_output=True,
         text=True,
         check=False,
         timeout=120,
     )
-
-
-def test_connection_from_airflow_configuration(tmp_path, mariadb_url):
-    sqlite_url = f"sqlite:///{tmp_path}/workers.db"
-    env = _cli_env(
-        tmp_path,
-        AIRFLOW__WORKERS__SECRETS_BACKEND=BACKEND,
-        AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS=json.dumps(
-            {"sql_alchemy_conn": sqlite_url, "table": "settings"}
-        ),
-        AIRFLOW__SECRETS__BACKEND=BACKEND,
-        AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps({"sql_alchemy_conn": mariadb_url}),
+    assert (proc.returncode, proc.stdout) == (0, "0.65\n"), proc.stderr
+    proc = subprocess.run(
+        [str(VENV_BIN / "airflow-ml"), "dictionary", "get", "nope"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
-    proc = _airflow_ml(["set", "min_auc", "0.7"], env)
-    assert proc.returncode == 0, proc.stderr
-    # [workers] wins: the row went to the SQLite file, table "settings"
-    assert DictionaryStore(sqlite_url, "settings").load() == {"min_auc": "0.7"}
-    assert DictionaryStore(mariadb_url).load(create_missing=True) == {}
-    # --sql-alchemy-conn overrides the configuration
-    proc = _airflow_ml(["set", "min_auc", "0.9", "--sql-alchemy-conn", mariadb_url], env)
-    assert proc.returncode == 0, proc.stderr
-    assert DictionaryStore(mariadb_url).load() == {"min_auc": "0.9"}
-
-    # only [secrets] configured: the CLI uses it
-    env2 = _cli_env(
-        tmp_path,
-        AIRFLOW__SECRETS__BACKEND=BACKEND,
-        AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps({"sql_alchemy_conn": mariadb_url}),
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert (
+        proc.stderr.startswith("airflow-ml: error: key 'nope' not found") and "Traceback" not in proc.stderr
     )
-    proc = _airflow_ml(["get", "min_auc"], env2)
-    assert (proc.returncode, proc.stdout) == (0, "0.9\n"), proc.stderr
 
 
-def test_unconfigured_and_unreachable_database_errors(tmp_path):
-    proc = _airflow_ml(["list"], _cli_env(tmp_path))
-    assert proc.returncode == 1
-    assert "no dictionary database configured" in proc.stderr and "Traceback" not in proc.stderr
+def test_unconfigured_and_unreachable_database_errors(airflow_env, capsys):
+    assert main(["dictionary", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "no dictionary database configured" in err and "Traceback" not in err
 
-    env = _cli_env(
-        tmp_path,
-        AIRFLOW__WORKERS__SECRETS_BACKEND=BACKEND,
-        AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS=json.dumps(
+    airflow_env.setenv("AIRFLOW__WORKERS__SECRETS_BACKEND", BACKEND)
+    airflow_env.setenv(
+        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS",
+        json.dumps(
             {"sql_alchemy_conn": "mysql+pymysql://ml:TopS3cretPw@127.0.0.1:1/ml", "connect_timeout": 1}
         ),
     )
-    proc = _airflow_ml(["get", "x"], env)
-    assert proc.returncode == 1
-    assert "mysql+pymysql://ml:***@127.0.0.1:1/ml" in proc.stderr
-    assert "TopS3cretPw" not in proc.stderr + proc.stdout
-    assert "Traceback" not in proc.stderr
+    assert main(["dictionary", "get", "x"]) == 1
+    captured = capsys.readouterr()
+    assert "mysql+pymysql://ml:***@127.0.0.1:1/ml" in captured.err
+    assert "TopS3cretPw" not in captured.err + captured.out
+    assert "Traceback" not in captured.err
 
-    env["AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS"] = "{not json"
-    proc = _airflow_ml(["get", "x"], env)
-    assert proc.returncode == 1 and "[workers] secrets_backend_kwargs is not valid JSON" in proc.stderr
+    airflow_env.setenv("AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS", "{not json")
+    assert main(["dictionary", "get", "x"]) == 1
+    assert "[workers] secrets_backend_kwargs is not valid JSON" in capsys.readouterr().err
+
+    airflow_env.setenv("AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS", json.dumps({"table": "t"}))
+    assert main(["dictionary", "get", "x"]) == 1
+    assert "[workers] secrets_backend_kwargs: sql_alchemy_conn is missing" in capsys.readouterr().err
 
 
 def test_cli_module_import_is_cheap():
