@@ -133,7 +133,7 @@ def _page(title: str, header: list[str], rows: list[list[Any]], note: str = "") 
         "<tr>" + "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in row) + "</tr>"
         for row in rows
     )
-    empty = "" if rows else f'<p class="empty">Nothing here yet.</p>'
+    empty = "" if rows else '<p class="empty">Nothing here yet.</p>'
     return HTMLResponse(
         f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.5rem}}table{{border-collapse:collapse}}
