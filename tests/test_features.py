@@ -112,7 +112,9 @@ def test_clip_log1p_and_nan_stays_nan():
     assert_bits_equal(X[:, 0], f32([0, 0, 3, 100, np.nan, 0, 100]))
     with np.errstate(all="ignore"):
         expected_b = np.log1p(np.clip(x, -1, None))
-    np.testing.assert_array_max_ulp(X[:, 1][np.isfinite(expected_b)], f32(expected_b[np.isfinite(expected_b)]), 1)
+    np.testing.assert_array_max_ulp(
+        X[:, 1][np.isfinite(expected_b)], f32(expected_b[np.isfinite(expected_b)]), 1
+    )
     assert X[5, 1] == -np.inf and X[6, 1] == np.inf and np.isnan(X[4, 1])
     check_row_path(fitted, df, X)
 
@@ -339,7 +341,12 @@ def test_hashed_cross_is_order_sensitive_and_stable_across_processes():
     )
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run(
-        [sys.executable, "-c", code], input=fitted.to_json(), capture_output=True, text=True, env=env, cwd=REPO,
+        [sys.executable, "-c", code],
+        input=fitted.to_json(),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
         check=True,
     )
     assert json.loads(out.stdout) == X.tolist()
@@ -496,16 +503,21 @@ def test_on_missing_default_error_and_per_feature_override():
     assert exc.value.feature == "a"
     v = fitted.transform_row({"a": 1.0, "g": "x"})  # b absent: its policy is default -> fill 9
     assert v[1] == 9.0
-    relaxed = fit(spec_of(
-        """
+    relaxed = fit(
+        spec_of(
+            """
         features:
           - {name: a, transforms: [fill_missing: {value: 2}, standardize]}
           - {name: g, dtype: categorical, transforms: [one_hot]}
         """
-    ), df)
+        ),
+        df,
+    )
     # default policy: an absent key is exactly a missing value
     assert_bits_equal(relaxed.transform_row({}), relaxed.transform_row({"a": None, "g": None}))
-    assert_bits_equal(relaxed.transform_row({}), relaxed.transform(pd.DataFrame({"a": [np.nan], "g": [None]}))[0])
+    assert_bits_equal(
+        relaxed.transform_row({}), relaxed.transform(pd.DataFrame({"a": [np.nan], "g": [None]}))[0]
+    )
     assert relaxed.transform_row({})[0] == 0.0  # fill 2 = the mean of [1, 3]
 
 
@@ -584,10 +596,15 @@ def test_loading_refuses_a_builtin_version_mismatch(tmp_path):
     doc = fit(one("a", "[standardize]"), df).to_dict()
     doc["state"][0]["transforms"][0]["version"] = 7
     body = {k: v for k, v in doc.items() if k != "content_hash"}
-    doc["content_hash"] = "sha256:" + hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    ).hexdigest()
-    with pytest.raises(FeatureSpecError, match="'standardize' version 7 was used to fit this spec, but version 1"):
+    doc["content_hash"] = (
+        "sha256:"
+        + hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        ).hexdigest()
+    )
+    with pytest.raises(
+        FeatureSpecError, match="'standardize' version 7 was used to fit this spec, but version 1"
+    ):
         FittedSpec.from_dict(doc)
 
 
@@ -621,7 +638,15 @@ def test_unknown_transformer_lists_available_ones():
         )
     msg = str(exc.value)
     assert "unknown transformer 'standardise'" in msg and "feature 'price'" in msg and "line 5" in msg
-    for name in ("standardize", "log1p", "bucketize", "vocabulary", "hash_bucket", "multi_hot", "hashed_cross"):
+    for name in (
+        "standardize",
+        "log1p",
+        "bucketize",
+        "vocabulary",
+        "hash_bucket",
+        "multi_hot",
+        "hashed_cross",
+    ):
         assert name in msg
     assert exc.value.field == "transforms[0]"
 
@@ -638,7 +663,10 @@ BAD_SPECS = [
             transforms:
               - clip: {min: low}
         """,
-        "price", "transforms[0].clip.min", 5, "expected a finite number",
+        "price",
+        "transforms[0].clip.min",
+        5,
+        "expected a finite number",
     ),
     (
         """
@@ -650,7 +678,10 @@ BAD_SPECS = [
                   min: 0
                   mx: 3
         """,
-        "price", "transforms[1].clip.mx", 8, "unknown option 'mx'",
+        "price",
+        "transforms[1].clip.mx",
+        8,
+        "unknown option 'mx'",
     ),
     (
         """
@@ -659,7 +690,10 @@ BAD_SPECS = [
             dtype: categorical
             transforms: [standardize]
         """,
-        "genre", "transforms[0]", 5, "takes numeric input",
+        "genre",
+        "transforms[0]",
+        5,
+        "takes numeric input",
     ),
     (
         """
@@ -668,7 +702,10 @@ BAD_SPECS = [
             dtype: categorical
             transforms: [lowercase]
         """,
-        "genre", "transforms", 5, "end a categorical chain with vocabulary",
+        "genre",
+        "transforms",
+        5,
+        "end a categorical chain with vocabulary",
     ),
     (
         """
@@ -676,7 +713,10 @@ BAD_SPECS = [
           - name: genre
             dtype: text
         """,
-        "genre", "dtype", 4, "expected one of numeric, categorical, list",
+        "genre",
+        "dtype",
+        4,
+        "expected one of numeric, categorical, list",
     ),
     (
         """
@@ -685,7 +725,10 @@ BAD_SPECS = [
           - name: b
             colour: red
         """,
-        "b", "colour", 5, "unknown field",
+        "b",
+        "colour",
+        5,
+        "unknown field",
     ),
     (
         """
@@ -694,7 +737,10 @@ BAD_SPECS = [
         user_features:
           - name: a
         """,
-        "a", "name", 5, "duplicate feature name (first defined at line 3)",
+        "a",
+        "name",
+        5,
+        "duplicate feature name (first defined at line 3)",
     ),
     (
         """
@@ -703,7 +749,10 @@ BAD_SPECS = [
             inputs: [a]
             transforms: [hashed_cross: {buckets: 10}]
         """,
-        "x", "inputs", 4, "two or more column names",
+        "x",
+        "inputs",
+        4,
+        "two or more column names",
     ),
     (
         """
@@ -712,7 +761,10 @@ BAD_SPECS = [
             inputs: [a, b]
             transforms: [hashed_cross]
         """,
-        "x", "transforms[0].hashed_cross.buckets", 5, "option 'buckets' is required",
+        "x",
+        "transforms[0].hashed_cross.buckets",
+        5,
+        "option 'buckets' is required",
     ),
     (
         """
@@ -720,7 +772,10 @@ BAD_SPECS = [
           - name: p
             transforms: [bucketize: {edges: [3, 1]}]
         """,
-        "p", "transforms[0].bucketize.edges", 4, "strictly increasing",
+        "p",
+        "transforms[0].bucketize.edges",
+        4,
+        "strictly increasing",
     ),
     (
         """
@@ -729,7 +784,10 @@ BAD_SPECS = [
             transforms: [vocabulary: {top_k: 0}]
             dtype: categorical
         """,
-        "p", "transforms[0].vocabulary.top_k", 4, "at least 1",
+        "p",
+        "transforms[0].vocabulary.top_k",
+        4,
+        "at least 1",
     ),
     (
         """
@@ -738,7 +796,10 @@ BAD_SPECS = [
             transforms: [hash_bucket: {buckets: 4, output: one_hot}, standardize]
             dtype: categorical
         """,
-        "p", "transforms[1]", 4, "no transform can follow",
+        "p",
+        "transforms[1]",
+        4,
+        "no transform can follow",
     ),
     (
         """
@@ -746,7 +807,10 @@ BAD_SPECS = [
         item_features:
           - name: y
         """,
-        "y", "column", 4, "label column 'y' is also an input",
+        "y",
+        "column",
+        4,
+        "label column 'y' is also an input",
     ),
     (
         """
@@ -754,7 +818,10 @@ BAD_SPECS = [
           - name: p
             on_missing: ignore
         """,
-        "p", "on_missing", 4, "expected one of default, error",
+        "p",
+        "on_missing",
+        4,
+        "expected one of default, error",
     ),
 ]
 
@@ -803,7 +870,9 @@ def test_spec_defaults_and_normal_form_round_trip():
     assert [t.ref for t in spec.features[0].transforms] == ["passthrough"]
     again = FeatureSpec.from_dict(spec.to_dict())
     assert again.to_dict() == spec.to_dict()
-    assert math.isnan(fit(spec, pd.DataFrame({"a": [None, 1.0], "g": ["x", "y"], "t": ["p", "q"]})).transform_row({})[0])
+    assert math.isnan(
+        fit(spec, pd.DataFrame({"a": [None, 1.0], "g": ["x", "y"], "t": ["p", "q"]})).transform_row({})[0]
+    )
 
 
 def test_sparse_output_has_the_same_bits(train_df):
@@ -829,7 +898,9 @@ def test_sparse_output_has_the_same_bits(train_df):
     assert S2[0].nnz == 1 + 1 + 2  # bucket, number, x and y once each
     S3 = fitted2.transform(df.drop(columns=["t"]).assign(t=["x", "y", "z"]), sparse=True)
     assert_bits_equal(S3.toarray(), fitted2.transform(df.assign(t=["x", "y", "z"])))
-    one_spec = spec_of("features:\n  - {name: a, transforms: [bucketize: {edges: [2, 4], output: one_hot}]}\n")
+    one_spec = spec_of(
+        "features:\n  - {name: a, transforms: [bucketize: {edges: [2, 4], output: one_hot}]}\n"
+    )
     fitted3, X3 = fit_transform(one_spec, df)
     S4 = fitted3.transform(df, sparse=True)
     assert_bits_equal(S4.toarray(), X3)

@@ -84,7 +84,10 @@ def test_fit_then_transform_parquet_and_csv(tmp_path, files, data, capsys):
 
     for src, name in [(pq_path, "a.parquet"), (csv_path, "b.parquet")]:
         out = tmp_path / name
-        assert run("features", "transform", "--fitted", str(fitted_path), "--data", str(src), "--out", str(out)) == 0
+        assert (
+            run("features", "transform", "--fitted", str(fitted_path), "--data", str(src), "--out", str(out))
+            == 0
+        )
         table = pq.read_table(out)
         assert table.column_names == fitted.feature_names + ["clicked"]
         assert table.schema.metadata[b"airflow_ml.fitted_spec_hash"] == fitted.content_hash.encode()
@@ -132,26 +135,59 @@ def test_missing_column_and_bad_files(tmp_path, files, data, capsys):
     no_genre = tmp_path / "no_genre.csv"
     data.drop(columns=["genre"]).to_csv(no_genre, index=False)
     out = tmp_path / "x.parquet"
-    assert run("features", "transform", "--fitted", str(fitted_path), "--data", str(no_genre), "--out", str(out)) == 1
+    assert (
+        run("features", "transform", "--fitted", str(fitted_path), "--data", str(no_genre), "--out", str(out))
+        == 1
+    )
     err = capsys.readouterr().err
     assert "input column 'genre' (feature 'genre') is missing" in err and str(no_genre) in err
     assert not out.exists()
 
-    assert run("features", "fit", "--spec", str(spec), "--data", str(no_genre), "--out", str(tmp_path / "f2.json")) == 1
+    assert (
+        run(
+            "features",
+            "fit",
+            "--spec",
+            str(spec),
+            "--data",
+            str(no_genre),
+            "--out",
+            str(tmp_path / "f2.json"),
+        )
+        == 1
+    )
     assert "input column 'genre'" in capsys.readouterr().err
     assert not (tmp_path / "f2.json").exists()
 
     text = tmp_path / "data.txt"
     text.write_text("a,b\n1,2\n")
-    assert run("features", "transform", "--fitted", str(fitted_path), "--data", str(text), "--out", str(out)) == 1
+    assert (
+        run("features", "transform", "--fitted", str(fitted_path), "--data", str(text), "--out", str(out))
+        == 1
+    )
     assert "cannot tell the format" in capsys.readouterr().err
 
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"PAR1 not really")
-    assert run("features", "transform", "--fitted", str(fitted_path), "--data", str(broken), "--out", str(out)) == 1
+    assert (
+        run("features", "transform", "--fitted", str(fitted_path), "--data", str(broken), "--out", str(out))
+        == 1
+    )
     assert f"cannot read {broken}" in capsys.readouterr().err
 
-    assert run("features", "transform", "--fitted", str(tmp_path / "nope.json"), "--data", str(pq_path), "--out", str(out)) == 1
+    assert (
+        run(
+            "features",
+            "transform",
+            "--fitted",
+            str(tmp_path / "nope.json"),
+            "--data",
+            str(pq_path),
+            "--out",
+            str(out),
+        )
+        == 1
+    )
     assert "fitted spec file not found" in capsys.readouterr().err
     assert not out.exists()
 
@@ -167,7 +203,10 @@ def test_wrong_type_in_data(tmp_path, files, data, capsys):
     bad_csv = tmp_path / "bad.csv"
     bad.to_csv(bad_csv, index=False)
     out = tmp_path / "o.parquet"
-    assert run("features", "transform", "--fitted", str(fitted_path), "--data", str(bad_csv), "--out", str(out)) == 1
+    assert (
+        run("features", "transform", "--fitted", str(fitted_path), "--data", str(bad_csv), "--out", str(out))
+        == 1
+    )
     assert "feature 'duration': expected a number, got the text 'twelve'" in capsys.readouterr().err
     assert not out.exists()
 
@@ -186,9 +225,16 @@ def test_version_refusal_through_the_cli(tmp_path, files, capsys):
     fitted_path.write_text(json.dumps(doc))
     capsys.readouterr()
     out = tmp_path / "o.parquet"
-    assert run("features", "transform", "--fitted", str(fitted_path), "--data", str(pq_path), "--out", str(out)) == 1
+    assert (
+        run("features", "transform", "--fitted", str(fitted_path), "--data", str(pq_path), "--out", str(out))
+        == 1
+    )
     err = capsys.readouterr().err
-    assert "feature 'duration'" in err and "'standardize' version 2 was used to fit" in err and "version 1 is installed" in err
+    assert (
+        "feature 'duration'" in err
+        and "'standardize' version 2 was used to fit" in err
+        and "version 1 is installed" in err
+    )
     assert not out.exists()
 
 
@@ -196,9 +242,24 @@ def test_console_script_exit_code_without_traceback(tmp_path, files):
     spec, _, _ = files
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "-m", "airflow_ml_provider.cli", "features", "fit", "--spec", str(spec),
-         "--data", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "f.json")],
-        capture_output=True, text=True, env=env, cwd=REPO, check=False,
+        [
+            sys.executable,
+            "-m",
+            "airflow_ml_provider.cli",
+            "features",
+            "fit",
+            "--spec",
+            str(spec),
+            "--data",
+            str(tmp_path / "missing.parquet"),
+            "--out",
+            str(tmp_path / "f.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=False,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"airflow-ml: error: data file not found: {tmp_path / 'missing.parquet'}"

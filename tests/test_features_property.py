@@ -56,7 +56,12 @@ categories = st.one_of(
 )
 lists = st.one_of(
     st.none(),
-    st.lists(st.one_of(st.sampled_from(["a", "b", "ç", "", "d"]), st.text(max_size=3), st.none(), st.integers(0, 3)), max_size=4),
+    st.lists(
+        st.one_of(
+            st.sampled_from(["a", "b", "ç", "", "d"]), st.text(max_size=3), st.none(), st.integers(0, 3)
+        ),
+        max_size=4,
+    ),
     st.text(max_size=8),  # "|"-separated text
 )
 
@@ -73,7 +78,13 @@ def tables(draw, min_rows=1):
         num = draw(st.lists(st.one_of(numbers, numeric_text), min_size=n, max_size=n))
     return {
         "num": num,
-        "num2": draw(st.lists(st.one_of(st.none(), st.integers(-5, 5), st.sampled_from([0.5, np.nan])), min_size=n, max_size=n)),
+        "num2": draw(
+            st.lists(
+                st.one_of(st.none(), st.integers(-5, 5), st.sampled_from([0.5, np.nan])),
+                min_size=n,
+                max_size=n,
+            )
+        ),
         "cat": draw(st.lists(categories, min_size=n, max_size=n)),
         "lst": draw(st.lists(lists, min_size=n, max_size=n)),
     }
@@ -94,7 +105,9 @@ def bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint32)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(train=tables(min_rows=2), serve=tables())
 def test_batch_and_row_transforms_agree_bit_for_bit(train, serve):
     fitted = fit(SPEC, frame(train))

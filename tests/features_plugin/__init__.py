@@ -40,7 +40,7 @@ class Winsorize(NumericTransformer):
         return np.where(x < self._lo, self._lo, np.where(x > self._hi, self._hi, x))
 
     def transform_value(self, x):
-        return self._lo if x < self._lo else (self._hi if x > self._hi else x)
+        return self._lo if x < self._lo else (self._hi if x > self._hi else x)  # noqa: FURB136
 
 
 class Reverse(KeyTransformer):

@@ -19,7 +19,6 @@ from .errors import MissingFeatureError
 from .transformers import CROSS, MULTI_HOT, NUMERIC, ONE_HOT, Transformer
 from .values import F32_OVERFLOW, INF, NAN, to_float, to_key, to_key_list
 
-
 # Numbers are written into the float32 output by numpy's float64 -> float32 cast (the same C cast
 # as the batch path's), after the same NaN / overflow normalisation in both paths.
 
@@ -66,14 +65,20 @@ def compile_row_function(compiled: list, default_policy: str, width: int):
         _zeros=np.zeros,
         _f32=np.float32,
     )
-    lines = ["def _transform_row(row, *, __LOCALS__):", "    get = row.get", f"    out = _zeros({width}, _f32)"]
+    lines = [
+        "def _transform_row(row, *, __LOCALS__):",
+        "    get = row.get",
+        f"    out = _zeros({width}, _f32)",
+    ]
     for comp in compiled:
         fdef = comp.fdef
         name = fdef.name
         raise_missing = (fdef.on_missing or default_policy) == "error"
         body: list[str] = [f"# feature {name!r}"]
 
-        def fetch(column: str, var: str = "v") -> list[str]:
+        def fetch(
+            column: str, var: str = "v", name: str = name, raise_missing: bool = raise_missing
+        ) -> list[str]:
             out = [f"{var} = get({column!r}, _ABSENT)"]
             if raise_missing:
                 out.append(f"if {var} is _ABSENT: _missing({name!r}, {column!r})")

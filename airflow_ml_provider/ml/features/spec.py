@@ -273,6 +273,10 @@ class FeatureSpec:
                 message, feature=feature, field=fld, line=_line_of(lines, path), source=source
             )
 
+        if isinstance(data, str) and "\n" not in data.strip():
+            raise err(
+                f"a feature spec must be a mapping; got the text {data!r} (a spec file that does not exist?)"
+            )
         if not isinstance(data, dict):
             raise err(f"a feature spec must be a mapping, got {type(data).__name__}")
         for key in data:

@@ -21,10 +21,11 @@ spec by dotted path ``package.module:Class`` (see docs/features.md).
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import re
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -108,9 +109,10 @@ def validate_option(name: str, opt: Option, value: Any) -> Any:
         if not isinstance(value, list) or not all(_is_number(v) and math.isfinite(v) for v in value):
             raise OptionError(name, f"expected a list of finite numbers, got {value!r}")
         value = [float(v) for v in value]
-    elif t == "strings":
-        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
-            raise OptionError(name, f"expected a list of values, got {value!r}")
+    elif t == "strings" and (
+        not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value)
+    ):
+        raise OptionError(name, f"expected a list of values, got {value!r}")
     if opt.choices and value not in opt.choices:
         raise OptionError(name, f"expected one of {', '.join(map(str, opt.choices))}, got {value!r}")
     if opt.min is not None and _is_number(value) and value < opt.min:
@@ -189,10 +191,6 @@ class Transformer:
     @property
     def output_kind(self) -> str:
         return self.input_kind
-
-    @property
-    def fitted(self) -> bool:
-        return True
 
     # -- state --------------------------------------------------------------------------------
     def fit(self, values: Any) -> None:
@@ -316,7 +314,7 @@ class FillMissing(Transformer):
     version = 1
     input_kinds = (NUMERIC, CATEGORICAL)
     description = "Replace a missing value (None, NaN, empty text) by a constant or a fitted statistic."
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "value": Option("scalar", doc="the constant (strategy constant)"),
         "strategy": Option(
             "str",
@@ -348,10 +346,6 @@ class FillMissing(Transformer):
 
                 self._fill = to_key(value, self.feature)
 
-    @property
-    def fitted(self) -> bool:
-        return self._fill is not None or self.opts["strategy"] == "constant"
-
     def fit(self, values: Any) -> None:
         strategy = self.opts["strategy"]
         if strategy == "mean":
@@ -381,7 +375,7 @@ class FillMissing(Transformer):
 
     def transform_value(self, value: Any) -> Any:
         if self.input_kind == NUMERIC:
-            return self._fill if value != value else value
+            return self._fill if value != value else value  # noqa: PLR0124 - NaN test
         return self._fill if value is None else value
 
     def row_code(self, x: str, const) -> list[str]:
@@ -394,7 +388,10 @@ class Clip(NumericTransformer):
     name = "clip"
     version = 1
     description = "Limit a number to [min, max] (either bound may be left out). NaN stays NaN."
-    options = {"min": Option("number", doc="lower bound"), "max": Option("number", doc="upper bound")}
+    options: ClassVar[dict[str, Option]] = {
+        "min": Option("number", doc="lower bound"),
+        "max": Option("number", doc="upper bound"),
+    }
 
     def check(self) -> None:
         lo, hi = self.opts.get("min"), self.opts.get("max")
@@ -440,7 +437,7 @@ class Standardize(NumericTransformer):
     name = "standardize"
     version = 1
     description = "(x - mean) / std with the mean and population std fitted on the finite training values."
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "with_mean": Option("bool", default=True, doc="subtract the mean"),
         "with_std": Option("bool", default=True, doc="divide by the standard deviation"),
         "mean": Option("number", doc="fixed mean instead of a fitted one"),
@@ -452,10 +449,6 @@ class Standardize(NumericTransformer):
             raise OptionError("std", "must not be 0")
         self._mean = None
         self._std = None
-
-    @property
-    def fitted(self) -> bool:
-        return self._mean is not None
 
     def fit(self, x: np.ndarray) -> None:
         f = _finite(x)
@@ -492,7 +485,7 @@ class MinMax(NumericTransformer):
     name = "min_max"
     version = 1
     description = "(x - min) / (max - min) with min and max fitted on the finite training values."
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "min": Option("number", doc="fixed minimum instead of a fitted one"),
         "max": Option("number", doc="fixed maximum instead of a fitted one"),
     }
@@ -503,10 +496,6 @@ class MinMax(NumericTransformer):
             raise OptionError("min", f"min {lo:g} must be less than max {hi:g}")
         self._min = None
         self._range = None
-
-    @property
-    def fitted(self) -> bool:
-        return self._min is not None
 
     def fit(self, x: np.ndarray) -> None:
         f = _finite(x)
@@ -547,7 +536,7 @@ class Bucketize(Transformer):
         "Bucket number: edges e0 < e1 < ... give bucket i for e(i-1) <= x < e(i); fixed edges or "
         "num_buckets fitted quantiles. Missing gives NaN (index) or no hot column (one_hot)."
     )
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "edges": Option("numbers", doc="fixed, strictly increasing bucket edges"),
         "num_buckets": Option("int", min=2, doc="fit this many quantile buckets instead"),
         "output": Option("str", default="index", choices=("index", "one_hot"), doc="index or one_hot"),
@@ -560,13 +549,9 @@ class Bucketize(Transformer):
         if edges is not None:
             if not edges:
                 raise OptionError("edges", "must not be empty")
-            if any(b <= a for a, b in zip(edges, edges[1:])):
+            if any(b <= a for a, b in itertools.pairwise(edges)):
                 raise OptionError("edges", f"must be strictly increasing, got {edges}")
         self._edges = list(edges) if edges is not None else None
-
-    @property
-    def fitted(self) -> bool:
-        return self._edges is not None
 
     @property
     def output_kind(self) -> str:
@@ -599,7 +584,7 @@ class Bucketize(Transformer):
             return [self.feature]
         e = self._edges
         names = [f"{self.feature}=[-inf,{e[0]!r})"]
-        names += [f"{self.feature}=[{a!r},{b!r})" for a, b in zip(e, e[1:])]
+        names += [f"{self.feature}=[{a!r},{b!r})" for a, b in itertools.pairwise(e)]
         names.append(f"{self.feature}=[{e[-1]!r},inf]")
         return names
 
@@ -615,7 +600,7 @@ class Bucketize(Transformer):
         return out
 
     def transform_value(self, x: float) -> Any:
-        if x != x:
+        if x != x:  # noqa: PLR0124 - NaN test
             return -1 if self.output_kind == ONE_HOT else NAN
         i = bisect.bisect_right(self._edges, x)
         return i if self.output_kind == ONE_HOT else float(i)
@@ -636,7 +621,7 @@ class Vocabulary(_IndexOutput):
         "values go to oov_buckets out-of-vocabulary buckets (by stable hash). Output: the index "
         "(OOV buckets first, then the vocabulary) or a one-hot vector."
     )
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "top_k": Option("int", min=1, doc="keep at most this many values"),
         "min_frequency": Option("int", default=1, min=1, doc="drop values seen fewer times"),
         "oov_buckets": Option("int", default=1, min=1, doc="buckets for unseen and missing values"),
@@ -662,10 +647,6 @@ class Vocabulary(_IndexOutput):
         self._vocab = list(vocab)
         n_oov = self.opts["oov_buckets"]
         self._lookup = {k: i + n_oov for i, k in enumerate(self._vocab)}
-
-    @property
-    def fitted(self) -> bool:
-        return self._vocab is not None
 
     def fit(self, values: KeyColumn) -> None:
         if self.opts.get("values") is not None:
@@ -706,24 +687,22 @@ class OneHot(Vocabulary):
     name = "one_hot"
     version = 1
     description = "The vocabulary transformer with one-hot output by default."
-    options = dict(Vocabulary.options)
+    options: ClassVar[dict[str, Option]] = dict(Vocabulary.options)
     options["output"] = Option("str", default="one_hot", choices=("index", "one_hot"), doc="index or one_hot")
 
 
 def fit_vocabulary(counts: dict[str, int], top_k: int | None, min_frequency: int) -> list[str]:
     """Values seen at least ``min_frequency`` times, most frequent first (ties by value), top ``top_k``."""
-    items = [(k, n) for k, n in counts.items() if n >= min_frequency]
-    items.sort(key=lambda kv: (-kv[1], kv[0]))
-    if top_k is not None:
-        items = items[:top_k]
-    return [k for k, _ in items]
+    keys = sorted(k for k, n in counts.items() if n >= min_frequency)  # by value ...
+    keys.sort(key=counts.__getitem__, reverse=True)  # ... then by count, stable: ties stay by value
+    return keys if top_k is None else keys[:top_k]
 
 
 class HashBucket(_IndexOutput):
     name = "hash_bucket"
     version = 1
     description = "stable_hash(value) mod buckets (BLAKE2b, the same everywhere; missing has its own hash)."
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "buckets": Option("int", required=True, min=1, doc="number of buckets"),
         "output": Option("str", default="index", choices=("index", "one_hot"), doc="index or one_hot"),
     }
@@ -743,7 +722,7 @@ class HashedCross(Transformer):
         "Cross two or more input columns: combine the stable hashes of their values (order matters) "
         "and take it mod buckets."
     )
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "buckets": Option("int", required=True, min=1, doc="number of buckets"),
         "output": Option("str", default="index", choices=("index", "one_hot"), doc="index or one_hot"),
     }
@@ -795,7 +774,7 @@ class MultiHot(Transformer):
         "For a list feature: one column per vocabulary value (fitted like vocabulary), 1 when the "
         "value is in the list; unseen values set an OOV column (oov_buckets, 0 = ignore them)."
     )
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "top_k": Option("int", min=1, doc="keep at most this many values"),
         "min_frequency": Option("int", default=1, min=1, doc="drop values seen fewer times"),
         "oov_buckets": Option("int", default=1, min=0, doc="buckets for unseen values (0 = ignore)"),
@@ -804,10 +783,6 @@ class MultiHot(Transformer):
 
     check = Vocabulary.check
     _set_vocab = Vocabulary._set_vocab
-
-    @property
-    def fitted(self) -> bool:
-        return self._vocab is not None
 
     @property
     def output_kind(self) -> str:

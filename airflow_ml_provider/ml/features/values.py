@@ -106,7 +106,7 @@ def to_key(value: Any, feature: str) -> str | None:
         return str(int(value))
     if t is float or isinstance(value, np.floating):
         v = float(value)
-        if v != v:
+        if v != v:  # noqa: PLR0124 - NaN test
             return None
         if v.is_integer():
             return str(int(v))
@@ -141,7 +141,7 @@ def to_key_list(value: Any, feature: str, separator: str) -> list[str]:
         items: Any = value.split(separator)
     elif isinstance(value, (list, tuple, np.ndarray)):
         items = value
-    elif isinstance(value, float) and value != value or _is_pandas_na(value):
+    elif (isinstance(value, float) and math.isnan(value)) or _is_pandas_na(value):
         return []
     else:
         raise FeatureTypeError(
@@ -241,7 +241,7 @@ _SQRT_HALF = 0.70710678118654752440
 
 def log1p_scalar(x: float) -> float:
     """``log(1 + x)`` for a Python float; the same bits as :func:`log1p_array`."""
-    if x != x:
+    if x != x:  # noqa: PLR0124 - NaN test
         return NAN
     if x <= -1.0:
         return -INF if x == -1.0 else NAN
