@@ -905,3 +905,76 @@ def test_sparse_output_has_the_same_bits(train_df):
     S4 = fitted3.transform(df, sparse=True)
     assert_bits_equal(S4.toarray(), X3)
     assert S4.nnz == 2  # the NaN row has no entry
+
+
+def test_pandas_dtypes_and_parquet_lists_agree_with_rows(tmp_path):
+    """category, nullable Int64/Float64/boolean, Arrow strings, float32 and Parquet list columns."""
+    df = pd.DataFrame(
+        {
+            "n_int": pd.array([1, None, 3, 4], dtype="Int64"),
+            "n_f32": np.array([0.1, np.nan, 2.5, -1e30], dtype=np.float32),
+            "n_bool": pd.array([True, None, False, True], dtype="boolean"),
+            "c_cat": pd.Categorical(["x", "y", None, "x"]),
+            "c_arrow": pd.array(["é", None, "", "ß"], dtype="string[pyarrow]"),
+            "c_int": pd.array([7, 8, None, 7], dtype="Int64"),
+            "lst": [["a", "b"], [], None, ["b", "c"]],
+        }
+    )
+    spec = spec_of(
+        """
+        features:
+          - {name: n_int, transforms: [fill_missing: {value: 0}, standardize]}
+          - {name: n_f32, transforms: [log1p]}
+          - {name: n_bool, transforms: [passthrough]}
+          - {name: c_cat, transforms: [one_hot]}
+          - {name: c_arrow, transforms: [vocabulary: {oov_buckets: 2}]}
+          - {name: c_int, transforms: [hash_bucket: {buckets: 13}]}
+          - {name: lst, transforms: [multi_hot]}
+        cross_features:
+          - {name: x, inputs: [c_int, n_int], transforms: [hashed_cross: {buckets: 101}]}
+        """
+    )
+    fitted, X = fit_transform(spec, df)
+    # rows as a service would receive them: plain JSON-like Python values
+    rows = [
+        {
+            "n_int": 1,
+            "n_f32": float(np.float32(0.1)),
+            "n_bool": True,
+            "c_cat": "x",
+            "c_arrow": "é",
+            "c_int": 7,
+            "lst": ["a", "b"],
+        },
+        {"n_int": None, "n_f32": None, "n_bool": None, "c_cat": "y", "c_arrow": None, "c_int": 8, "lst": []},
+        {"n_int": 3, "n_f32": 2.5, "n_bool": False, "c_cat": None, "c_arrow": "", "c_int": None, "lst": None},
+        {
+            "n_int": 4,
+            "n_f32": np.float32(-1e30),
+            "n_bool": True,
+            "c_cat": "x",
+            "c_arrow": "ß",
+            "c_int": "7",
+            "lst": "b|c",
+        },
+    ]
+    assert_bits_equal(fitted.transform_rows(rows), X)
+    assert_bits_equal(fitted.transform_rows(rows_of(df)), X)
+    path = tmp_path / "d.parquet"
+    df.to_parquet(path)
+    back = pd.read_parquet(path)
+    assert_bits_equal(fitted.transform(back), X)
+    assert_bits_equal(fitted.transform(pa.Table.from_pandas(df)), X)
+
+
+def test_unsupported_values_name_the_feature():
+    df = pd.DataFrame({"d": pd.to_datetime(["2024-01-01", "2024-01-02"]), "g": ["a", "b"]})
+    spec = one("d", "[vocabulary]", dtype="categorical")
+    with pytest.raises(FeatureTypeError, match="feature 'd'"):
+        fit(spec, df)
+    fitted = fit(one("g", "[vocabulary]", dtype="categorical"), df)
+    with pytest.raises(FeatureTypeError, match="feature 'g'"):
+        fitted.transform_row({"g": ["a"]})
+    num = fit(one("a", "[standardize]"), pd.DataFrame({"a": [1.0, 2.0]}))
+    with pytest.raises(FeatureTypeError, match="feature 'a': integer .* too large"):
+        num.transform_row({"a": 10**400})
