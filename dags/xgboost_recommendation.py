@@ -87,7 +87,7 @@ with DAG(
         ratio="{{ params.sample_ratio }}",
         seed="{{ params.seed }}",
         split_by="{{ params.split_by }}",
-        split_ratios=[0.8, 0.1, 0.1],
+        split_ratios=(0.8, 0.1, 0.1),
         group_column="user_id",
         time_column="event_ts",
         key_column="event_id",

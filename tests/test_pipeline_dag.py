@@ -165,7 +165,7 @@ def _safe(run_id: str) -> str:
 
 @pytest.mark.mariadb
 @pytest.mark.hdfs
-def test_mariadb_source_and_registry_with_real_hdfs(run_dag, mariadb_url, hdfs, tmp_path):
+def test_mariadb_source_and_registry_with_real_hdfs(run_dag, mariadb_url, hdfs, tmp_path, monkeypatch):
     """The production shape: play events in MariaDB, the registry in MariaDB, artifacts on HDFS."""
     import uuid
 
@@ -183,6 +183,7 @@ def test_mariadb_source_and_registry_with_real_hdfs(run_dag, mariadb_url, hdfs, 
         AIRFLOW_CONN_HDFS_PIPELINE=json.dumps({"conn_type": "webhdfs", "host": "127.0.0.1", "port": hdfs.http_port}),
     )
     res = run_dag(DAGS, DAG_ID, conf={**FAST, "split_by": "time"}, env=env)
+    monkeypatch.setenv("AIRFLOW_CONN_HDFS_PIPELINE", env["AIRFLOW_CONN_HDFS_PIPELINE"])  # to read it back here
     assert res.returncode == 0, res.output[-6000:]
     assert res.states == dict.fromkeys(TASKS, "success"), res.output[-6000:]
 

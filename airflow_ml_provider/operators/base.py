@@ -62,7 +62,8 @@ def safe_path_part(text: str) -> str:
 class MLBaseOperator(BaseOperator):
     """Base class of the ML pipeline operators: disabled-task check, URIs, upstream outputs.
 
-    Subclasses implement :meth:`run` (not ``execute``).
+    Subclasses implement :meth:`run` (not ``execute``) and take ``storage_root`` and
+    ``output_uri`` as keyword arguments.
 
     :param storage_root: where artifacts go (``file:///...``, a local path, or
         ``webhdfs://<conn_id>@/path``); default ``$AIRFLOW_ML_STORAGE`` or ``$AIRFLOW_ML_HOME/storage``.
@@ -73,10 +74,10 @@ class MLBaseOperator(BaseOperator):
     template_fields: Sequence[str] = ("storage_root", "output_uri")
     ui_color = "#e8f4ea"
 
-    def __init__(self, *, storage_root: str | None = None, output_uri: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.storage_root = storage_root
-        self.output_uri = output_uri
+    # No __init__ here: every level of __init__ costs Airflow a deep copy of the DAG's params at
+    # parse time. Subclasses take ``storage_root`` / ``output_uri`` themselves.
+    storage_root: str | None = None
+    output_uri: str | None = None
 
     # -- the template method -------------------------------------------------------------------
 

@@ -102,9 +102,13 @@ class EvaluateOperator(MLBaseOperator):
         registry: str | None = None,
         variable_prefix: str = "ml",
         charts: bool = True,
+        storage_root: str | None = None,
+        output_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.storage_root = storage_root
+        self.output_uri = output_uri
         self.model_name = model_name
         self.input_task_id = input_task_id
         self.model_uri = model_uri

@@ -65,9 +65,13 @@ class PreprocessOperator(MLBaseOperator):
         valid_uri: str | None = None,
         test_uri: str | None = None,
         keep_columns: Sequence[str] | str | None = None,
+        storage_root: str | None = None,
+        output_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.storage_root = storage_root
+        self.output_uri = output_uri
         self.spec = spec
         self.input_task_id = input_task_id
         self.train_uri = train_uri

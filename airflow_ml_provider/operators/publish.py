@@ -15,7 +15,7 @@ without gates (``require_evaluation=False``, the default: a disabled step is the
 choice) or skipped (``require_evaluation=True``).
 
 Each publish emits an Airflow **Asset event** for :func:`model_asset` ``(name)``
-(``ml-model://<name>``), with the version and bundle URI in its ``extra``, so other DAGs can be
+(name ``ml-model-<name>``, URI ``x-ml-model://<name>``), with the version and bundle URI in its ``extra``, so other DAGs can be
 scheduled on "a new model was published"::
 
     @dag(schedule=[model_asset("audio_listen_30s")])
@@ -42,7 +42,7 @@ __all__ = ["PublishModelOperator", "model_asset"]
 
 def model_asset(name: str) -> Asset:
     """The Airflow Asset updated each time model ``name`` is published."""
-    return Asset(name=f"ml-model-{name}", uri=f"ml-model://{name}", group="ml-model")
+    return Asset(name=f"ml-model-{name}", uri=f"x-ml-model://{name}", group="ml-model")
 
 
 class PublishModelOperator(MLBaseOperator):
@@ -76,10 +76,12 @@ class PublishModelOperator(MLBaseOperator):
         registry: str | None = None,
         require_evaluation: bool = False,
         extra_metadata: dict[str, Any] | None = None,
+        storage_root: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("outlets", [model_asset(model_name)])
         super().__init__(**kwargs)
+        self.storage_root = storage_root
         self.model_name = model_name
         self.input_task_id = input_task_id
         self.train_task_id = train_task_id

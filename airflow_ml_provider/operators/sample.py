@@ -104,9 +104,13 @@ class SampleOperator(MLBaseOperator):
         time_column: str | None = None,
         time_boundaries: Sequence[Any] | str | None = None,
         chunk_rows: int | str = 50_000,
+        storage_root: str | None = None,
+        output_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.storage_root = storage_root
+        self.output_uri = output_uri
         if sources is None and not sql:
             raise ValueError(f"SampleOperator({kwargs.get('task_id')}): give sql (with conn_id) or sources")
         self.conn_id = conn_id

@@ -74,9 +74,13 @@ class XGBoostTrainOperator(MLBaseOperator):
         seed: int | str = 0,
         booster_params: Mapping[str, Any] | str | None = None,
         log_every: int | str = 1,
+        storage_root: str | None = None,
+        output_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.storage_root = storage_root
+        self.output_uri = output_uri
         self.input_task_id = input_task_id
         self.train_uri = train_uri
         self.valid_uri = valid_uri
