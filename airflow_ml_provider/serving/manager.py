@@ -416,10 +416,15 @@ class ModelManager:
                     record = self.registry.current(name)
                 except Exception as exc:  # noqa: BLE001 - registry down: keep serving
                     self.metrics.poll_failures.inc()
-                    self._last_poll_error = f"{type(exc).__name__}: {exc}"
-                    log.error("polling the registry for model %r failed (still serving %s): %s", name,
-                              self._describe(name), self._last_poll_error)
+                    message = f"{type(exc).__name__}: {exc}"
+                    # ERROR once per outage (and when the cause changes), then quietly until it ends.
+                    level = logging.DEBUG if message == self._last_poll_error else logging.ERROR
+                    log.log(level, "polling the registry for model %r failed (still serving %s; retrying "
+                            "every %.1f s): %s", name, self._describe(name), self.poll_seconds, message)
+                    self._last_poll_error = message
                     continue
+                if self._last_poll_error is not None:
+                    log.info("the registry answers again (model %r)", name)
                 self._last_poll_error = None
                 if record is None:
                     continue
