@@ -538,3 +538,48 @@ def test_cli_registry_from_a_connection_id(tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_ML_REGISTRY_TEST", "{not json")
     with pytest.raises(CLIError, match="AIRFLOW_CONN_ML_REGISTRY_TEST is not valid JSON"):
         build_config(args)
+
+
+def test_lifespan_loads_before_serving_and_stops_polling(models, env, tmp_path, monkeypatch):
+    """ASGI lifespan: startup loads the current versions and starts the poll thread; shutdown stops it.
+    Built by the factory `--workers N` uses (config from the environment)."""
+    import asyncio
+
+    from airflow_ml_provider.serving.app import CONFIG_ENV, TOKEN_ENV, create_app_from_env
+
+    reg, store = env
+    publish(reg, models[0].bundle_dir, store)
+    monkeypatch.setenv(CONFIG_ENV, json.dumps({"registry": str(reg.url.render_as_string(hide_password=False)),
+                                               "models": [MODEL], "poll_seconds": 0.2, "keep_versions": 2,
+                                               "max_body_bytes": 1234, "cache_dir": str(tmp_path / "c")}))
+    monkeypatch.setenv(TOKEN_ENV, "tok")
+    app = create_app_from_env()
+    assert app.max_body_bytes == 1234 and app.manager.keep_versions == 2
+
+    async def lifespan():
+        inbox: asyncio.Queue = asyncio.Queue()
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send))
+        await inbox.put({"type": "lifespan.startup"})
+        while not sent:
+            await asyncio.sleep(0.01)
+        assert sent[-1]["type"] == "lifespan.startup.complete"
+        assert app.manager.polling and app.manager.served_versions() == {MODEL: 1}
+        # The poll thread follows a new publish on its own.
+        publish(reg, models[1].bundle_dir, store)
+        for _ in range(200):
+            if app.manager.served_versions() == {MODEL: 2}:
+                break
+            await asyncio.sleep(0.05)
+        assert app.manager.served_versions() == {MODEL: 2}
+        await inbox.put({"type": "lifespan.shutdown"})
+        await task
+        assert sent[-1]["type"] == "lifespan.shutdown.complete"
+
+    asyncio.run(lifespan())
+    assert not app.manager.polling
+    assert call(app, "GET", "/metrics")[0] == 401  # the token came from the environment
