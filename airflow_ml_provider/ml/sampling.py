@@ -82,7 +82,6 @@ def _column_hash(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A stable uint64 hash of each value of one column (independent of chunking)."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    n = len(arr)
     t = arr.type
     nulls = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else None
     if pa.types.is_dictionary(t):

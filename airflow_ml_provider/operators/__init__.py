@@ -20,7 +20,15 @@ _LAZY = {
     "model_asset": "airflow_ml_provider.operators.publish",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "EvaluateOperator",
+    "MLBaseOperator",
+    "PreprocessOperator",
+    "PublishModelOperator",
+    "SampleOperator",
+    "XGBoostTrainOperator",
+    "model_asset",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,10 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["AudioDatasetSize", "TRAINING_QUERY", "TABLES", "generate_tables", "load_audio_dataset"]
 
