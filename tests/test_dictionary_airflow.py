@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 
@@ -25,7 +26,7 @@ from tests.test_dictionary_backend import mariadb_user_url  # noqa: F401 - a fix
 BACKEND = "airflow_ml_provider.secrets.dictionary.DictionaryTableBackend"
 
 READ_DAG = """
-import json, os
+import json, logging, os
 from airflow.sdk import dag, task, Variable
 
 @dag(dag_id="ml_dictionary_e2e", schedule=None, catchup=False)
@@ -53,10 +54,42 @@ def ml_dictionary_e2e():
         }
         with open(os.environ["ML_DICT_OUT"], "w") as fh:
             json.dump(doc, fh)
+        # what a careless task writes to its log
+        print(f"dictionary secret: connecting with {secret}")
+        logging.getLogger("airflow.task").info("airflow env-var secret: %s", airflow_own_secret)
+        print("not sensitive: switch is " + Variable.get("feature_switch"))
 
     read("{{ var.value.min_auc }}", "{{ var.json.model_cfg.threshold }}")
 
 ml_dictionary_e2e()
+"""
+
+# Runs one task instance the way a real worker does: supervise_task() forks a task process that
+# re-parses the DAG and talks to the execution API (here Airflow's in-process API on the metadata
+# DB); the supervisor writes the task log file, masked by Airflow's secrets masker.
+SUPERVISE = """
+import sys
+from airflow.executors.workloads.task import ExecuteTask
+from airflow.models.dagrun import DagRun
+from airflow.models.taskinstance import TaskInstance
+from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor, supervise_task
+from airflow.utils.session import create_session
+from airflow.utils.state import TaskInstanceState
+
+dag_id, task_id, log_path = sys.argv[1:4]
+with create_session() as session:
+    run = session.query(DagRun).filter_by(dag_id=dag_id).order_by(DagRun.id.desc()).first()
+    ti = session.query(TaskInstance).filter_by(dag_id=dag_id, task_id=task_id, run_id=run.run_id).one()
+    ti.state = TaskInstanceState.QUEUED
+    session.flush()
+    workload = ExecuteTask.make(ti)
+client = InProcessTestSupervisor._api_client(True)
+rc = supervise_task(
+    ti=workload.ti, bundle_info=workload.bundle_info, dag_rel_path=workload.dag_rel_path,
+    token=workload.token, client=client, log_path=log_path,
+)
+print("SUPERVISED_RC", rc)
+sys.exit(rc)
 """
 
 FAULT_DAG = """
@@ -164,6 +197,30 @@ def test_dag_reads_the_dictionary_and_sees_a_change_on_the_next_run(
     assert second.run_id != first.run_id
     doc = json.loads(out.read_text())
     assert (doc["rendered"], doc["get"]) == ("0.85", "0.85")
+
+    # The same task once more as a real worker runs it (a forked task process under the
+    # supervisor, which writes the task log file): values served, secrets masked in the log.
+    out.unlink()
+    log_file = tmp_path / "task.log"
+    full_env = {**airflow_base_env(airflow_home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags), **env}
+    proc = subprocess.run(
+        [sys.executable, "-c", SUPERVISE, "ml_dictionary_e2e", "read", str(log_file)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    doc = json.loads(out.read_text())
+    assert (doc["rendered"], doc["get"], doc["loads"]) == ("0.85", "0.85", 1)
+    log = log_file.read_text()
+    assert "dictionary secret: connecting with ***" in log
+    assert "airflow env-var secret: ***" in log  # Airflow's own Variable, masked the same way
+    assert "not sensitive: switch is enabled-v2" in log
+    assert "Dict-S3cret-Value-42" not in log
+    assert "airflow-own-token-value" not in log
+
     change = store.history("min_auc")[0]
     assert (change.old_value, change.new_value, change.changed_by) == ("0.75", "0.85", "e2e-test")
     store.dispose()
