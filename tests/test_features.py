@@ -853,6 +853,12 @@ def test_spec_level_errors():
         spec_of("features:\n  - name: a\n    name: b\n")
     with pytest.raises(FeatureSpecError, match="spec file not found"):
         FeatureSpec.from_yaml(Path("/nonexistent/spec.yaml"))
+    with pytest.raises(FeatureSpecError, match="spec file not found"):
+        FeatureSpec.from_yaml("conf/features.yml")
+    with pytest.raises(
+        FeatureSpecError, match="got the text 'features.txt' .a spec file that does not exist"
+    ):
+        FeatureSpec.from_yaml("features.txt")
 
 
 def test_spec_defaults_and_normal_form_round_trip():

@@ -118,6 +118,8 @@ def test_batch_and_row_transforms_agree_bit_for_bit(train, serve):
     np.testing.assert_array_equal(bits(batch), bits(by_rows))
     for i, r in enumerate(serve_rows):
         np.testing.assert_array_equal(bits(fitted.transform_row(r)), bits(batch[i]))
+    # the sparse output holds the same numbers
+    np.testing.assert_array_equal(bits(fitted.transform(frame(serve), sparse=True).toarray()), bits(batch))
     # on_missing: default -> an absent key is the same as a missing value
     absent = [{k: v for k, v in r.items() if v is not None} for r in serve_rows]
     np.testing.assert_array_equal(bits(fitted.transform_rows(absent)), bits(batch))

@@ -41,6 +41,7 @@ FORMAT_VERSION = 1
 _ABSENT = object()
 #: Rows per block of the batch transform (fits the CPU cache with ~200 output columns).
 _BLOCK_ROWS = 8192
+_F32_ZERO = np.float32(0.0)
 
 
 def _finish_numeric(v: Any) -> np.ndarray:
@@ -589,6 +590,7 @@ class FittedSpec:
                         if present is None:
                             present = np.ones((n, k), dtype=bool)
                         present[:, j] = hot
+        vals += _F32_ZERO  # -0.0 -> 0.0, as the dense paths do
         if present is None:
             indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
             data_arr, indices = vals.reshape(-1), cols.reshape(-1)
@@ -607,7 +609,7 @@ class FittedSpec:
                 if comp.kind == NUMERIC:
                     rows.append(np.arange(n, dtype=np.int64))
                     cols.append(np.full(n, off, dtype=np.int64))
-                    vals.append(_finish_numeric(v).astype(np.float32))
+                    vals.append(_finish_numeric(v).astype(np.float32) + _F32_ZERO)
                 elif comp.kind == ONE_HOT:
                     idx = v.idx if isinstance(v, OneHotBlock) else np.asarray(v)
                     r = np.flatnonzero(idx >= 0)
@@ -658,6 +660,7 @@ class FittedSpec:
                 _write(blk, flat, comp, v, b0, b1, sliced=True)
             for comp, v in whole:
                 _write(blk, flat, comp, v, b0, b1, sliced=False)
+            blk += _F32_ZERO  # -0.0 -> 0.0 (also what float32 underflow gives), as the row path does
         return out
 
     def labels(self, data: Any) -> np.ndarray:

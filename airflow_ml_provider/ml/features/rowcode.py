@@ -64,6 +64,7 @@ def compile_row_function(compiled: list, default_policy: str, width: int):
         _NINF=-INF,
         _zeros=np.zeros,
         _f32=np.float32,
+        _F32_ZERO=np.float32(0.0),
     )
     lines = [
         "def _transform_row(row, *, __LOCALS__):",
@@ -104,7 +105,7 @@ def compile_row_function(compiled: list, default_policy: str, width: int):
             body += _step_code(t, "x", c)
         off = comp.offset
         if comp.kind == NUMERIC:
-            # NaN made canonical; beyond float32's range -> +-inf (as the batch path does)
+            # canonical NaN, +-inf beyond float32's range (as the batch path does)
             body += [
                 "if x != x: x = _NAN",
                 f"elif x >= {F32_OVERFLOW!r}: x = _INF",
@@ -116,6 +117,9 @@ def compile_row_function(compiled: list, default_policy: str, width: int):
         elif comp.kind == MULTI_HOT:
             body.append(f"for i in x: out[{off} + i] = 1.0")
         lines += ["    " + ln for ln in body]
+    lines.append(
+        "    out += _F32_ZERO"
+    )  # -0.0 -> 0.0 (from -0.0 or float32 underflow), as the batch path does
     lines.append("    return out")
     source = "\n".join(lines) + "\n"
     # every helper and constant becomes a keyword default: a fast local instead of a global lookup
