@@ -97,17 +97,17 @@ def chain(env):
 def test_bad_sql_names_the_problem_sqlite(env, sql, message):
     op = SampleOperator(task_id="sample", conn_id="unit_audio", sql=sql)
     with pytest.raises(SampleSourceError) as info:
-        op.execute(ctx(run_id=f"bad_{abs(hash(sql))}"))
+        op.execute(ctx(run_id=f"bad_{abs(hash(sql))}", dag_id="unit_misc"))
     text = str(info.value)
     assert message in text and "connection 'unit_audio'" in text
-    assert not (env / "storage" / "runs" / "unit_dag" / f"bad_{abs(hash(sql))}").exists()  # no partial output
+    assert not (env / "storage" / "runs" / "unit_misc" / f"bad_{abs(hash(sql))}").exists()  # no partial output
 
 
 def test_missing_split_column_names_it(env):
     op = SampleOperator(task_id="sample", conn_id="unit_audio", sql="SELECT * FROM play_events",
                         split_by="group", group_column="uid")
     with pytest.raises(SamplingError, match=re.escape("column 'uid' (group_column) is not in the sampled data")):
-        op.execute(ctx(run_id="missing_col"))
+        op.execute(ctx(run_id="missing_col", dag_id="unit_misc"))
 
 
 def test_bound_parameters_not_formatted(env):
@@ -115,11 +115,11 @@ def test_bound_parameters_not_formatted(env):
     evil = "0; DROP TABLE play_events"
     op = SampleOperator(task_id="sample", conn_id="unit_audio", split_by="none",
                         sql="SELECT event_id FROM play_events WHERE network = :net", parameters={"net": evil})
-    out = op.execute(ctx(run_id="bound"))
+    out = op.execute(ctx(run_id="bound", dag_id="unit_misc"))
     assert out["rows"]["train"] == 0
     op = SampleOperator(task_id="sample", conn_id="unit_audio", split_by="none",
                         sql="SELECT event_id FROM play_events WHERE network = ?", parameters=["wifi"])
-    assert op.execute(ctx(run_id="bound2"))["rows"]["train"] > 0
+    assert op.execute(ctx(run_id="bound2", dag_id="unit_misc"))["rows"]["train"] > 0
     import sqlite3
 
     assert sqlite3.connect(env / "audio.db").execute("SELECT COUNT(*) FROM play_events").fetchone()[0] == 5000
@@ -129,7 +129,7 @@ def test_not_a_sql_connection_is_named(env, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_UNIT_HDFS", json.dumps({"conn_type": "webhdfs", "host": "localhost"}))
     op = SampleOperator(task_id="sample", conn_id="unit_hdfs", sql="SELECT 1")
     with pytest.raises(Exception, match="connection 'unit_hdfs'.*not a SQL connection|unit_hdfs"):
-        op.execute(ctx(run_id="nosql"))
+        op.execute(ctx(run_id="nosql", dag_id="unit_misc"))
 
 
 def test_missing_spec_and_label_are_named(env, chain, tmp_path):
@@ -152,11 +152,11 @@ def test_bad_sql_names_the_problem_mariadb(mariadb_url, env, monkeypatch):
     op = SampleOperator(task_id="sample", conn_id="unit_mysql", sql="SELECT nope FROM play_events",
                         parameters={"x": 1})
     with pytest.raises(SampleSourceError, match=r"connection 'unit_mysql' failed: .*Unknown column 'nope'"):
-        op.execute(ctx(run_id="my_bad"))
+        op.execute(ctx(run_id="my_bad", dag_id="unit_mysql_dag"))
     # and the same query text as SQLite (named parameters) streams from MariaDB
     op = SampleOperator(task_id="sample", conn_id="unit_mysql", sql=TRAINING_QUERY, parameters={"start_ts": 0},
                         split_by="group", group_column="user_id", chunk_rows=128)
-    out = op.execute(ctx(run_id="my_ok"))
+    out = op.execute(ctx(run_id="my_ok", dag_id="unit_mysql_dag"))
     assert sum(out["rows"].values()) == out["rows_read"] == 500
     assert out["schema"]["item_age_days"] == "double"  # DECIMAL -> float64
 
