@@ -52,6 +52,7 @@ __all__ = [
     "create_engine",
     "dump_export",
     "load_snapshot",
+    "preload_driver",
     "mask_url",
     "parse_json_entries",
     "validate_description",
@@ -752,6 +753,22 @@ def _direct_connect(url: URL, connect_timeout: float, query_timeout: float):
 
         return sqlite3.connect(url.database, timeout=connect_timeout), '"', "qmark"
     return None
+
+
+def preload_driver(url: str | URL) -> None:
+    """Import the DBAPI driver :func:`load_snapshot` will use for ``url`` (pymysql: ~30 ms).
+
+    The secrets backend calls this when it is built -- in a real worker that is the supervisor,
+    before it forks the task process -- so a task's first lookup pays only connect + query.
+    """
+    try:
+        parsed = url if isinstance(url, URL) else make_url(url)
+        if parsed.get_backend_name() in ("mysql", "mariadb") and parsed.get_driver_name() == "pymysql":
+            import pymysql  # noqa: F401
+        elif parsed.get_backend_name() == "sqlite":
+            import sqlite3  # noqa: F401
+    except Exception:  # noqa: BLE001, S110 - a bad URL or a missing driver is reported by the first load
+        pass
 
 
 def load_snapshot(

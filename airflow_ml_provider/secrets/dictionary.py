@@ -45,6 +45,7 @@ from airflow_ml_provider.dictionary_store import (
     DictionaryValidationError,
     load_snapshot,
     mask_url,
+    preload_driver,
     validate_key,
     validate_table_name,
 )
@@ -180,6 +181,9 @@ class DictionaryTableBackend(BaseSecretsBackend):
         )
         self._store: DictionaryStore | None = None  # built at the first lookup: creating a backend is free
         self._cache_key = (sql_alchemy_conn, self.table, self.key_prefix)
+        # The driver import (~30 ms for pymysql) happens here, when Airflow builds its backends: in a
+        # worker the supervisor does that before forking the task process, which inherits the module.
+        preload_driver(sql_alchemy_conn)
 
     # -- Airflow's interface ----------------------------------------------------------------
 
