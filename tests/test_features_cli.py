@@ -264,3 +264,47 @@ def test_console_script_exit_code_without_traceback(tmp_path, files):
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"airflow-ml: error: data file not found: {tmp_path / 'missing.parquet'}"
     assert not (tmp_path / "f.json").exists()
+
+
+def test_storage_uris_for_every_path(tmp_path, files, data, capsys):
+    spec, pq_path, csv_path = files
+    fitted_uri = f"file://{tmp_path}/models/fitted.json"
+    assert (
+        run(
+            "features", "fit", "--spec", f"file://{spec}", "--data", f"file://{csv_path}", "--out", fitted_uri
+        )
+        == 0
+    )
+    fitted = FittedSpec.load(tmp_path / "models" / "fitted.json")
+    assert fitted.content_hash == fit(FeatureSpec.from_yaml(spec), pd.read_csv(csv_path)).content_hash
+    out_uri = f"file://{tmp_path}/out/features.parquet"
+    assert (
+        run("features", "transform", "--fitted", fitted_uri, "--data", f"file://{pq_path}", "--out", out_uri)
+        == 0
+    )
+    table = pq.read_table(tmp_path / "out" / "features.parquet")
+    matrix = np.column_stack([table.column(c).to_numpy() for c in fitted.feature_names])
+    np.testing.assert_array_equal(matrix.view(np.uint32), fitted.transform(data).view(np.uint32))
+    capsys.readouterr()
+    missing = f"file://{tmp_path}/nope.parquet"
+    assert (
+        run("features", "transform", "--fitted", fitted_uri, "--data", missing, "--out", out_uri + "2") == 1
+    )
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "features.parquet2").exists()
+    bad_spec = tmp_path / "bad.yaml"
+    bad_spec.write_text("features:\n  - name: duration\n    transforms: [nope]\n")
+    assert (
+        run(
+            "features",
+            "fit",
+            "--spec",
+            f"file://{bad_spec}",
+            "--data",
+            str(pq_path),
+            "--out",
+            str(tmp_path / "x.json"),
+        )
+        == 1
+    )
+    assert f"file://{bad_spec}, line 3: feature 'duration'" in capsys.readouterr().err

@@ -9,6 +9,8 @@
 
 Input data: Parquet (a file or a directory of files) or CSV; output: Parquet. Outputs are
 written to a temporary file and renamed into place, so a failed run leaves no partial file.
+Every path may also be a storage URI (``file:///...``, ``webhdfs://<conn_id>@/path``), read and
+written through :mod:`airflow_ml_provider.ml.storage`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="features_command", metavar="ACTION")
 
     p = sub.add_parser("fit", help="fit a feature spec on a table -> fitted spec (JSON)")
-    p.add_argument("--spec", required=True, help="feature spec (YAML)")
+    p.add_argument("--spec", required=True, help="feature spec (YAML); a path or a storage URI")
     p.add_argument("--data", required=True, help="training table: Parquet file/directory or CSV")
     p.add_argument("--out", required=True, help="where to write the fitted spec (JSON)")
     p.set_defaults(func=_fit)
@@ -60,9 +62,67 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _read_uri(uri: str) -> bytes:
+    from airflow_ml_provider.ml import storage
+
+    try:
+        return storage.read_bytes(uri)
+    except storage.StorageError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _read_text(path: str, what: str) -> str:
+    """The text of a local file or a URI; CLIError naming it on failure."""
+    if _is_uri(path):
+        data = _read_uri(path)
+    else:
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise CLIError(f"{what} not found: {path}") from None
+        except OSError as exc:
+            raise CLIError(f"cannot read {what} {path}: {exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{what} {path} is not UTF-8 text: {exc}") from None
+
+
+def _table_format(name: str) -> str | None:
+    name = name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(CSV_SUFFIXES):
+        return "tsv" if name.endswith(".tsv") else "csv"
+    return None
+
+
 def read_table(path: str):
-    """Read a Parquet file/directory or a CSV file into a pandas DataFrame; CLIError on failure."""
+    """Read a Parquet file/directory or a CSV file (local or URI) into a DataFrame; CLIError on failure."""
+    import io
+
     import pandas as pd
+
+    if _is_uri(path):
+        fmt = _table_format(path.rstrip("/"))
+        if fmt is None:
+            raise CLIError(
+                f"cannot tell the format of {path}: use a Parquet (.parquet, .pq) or CSV (.csv) file"
+            )
+        data = _read_uri(path)
+        try:
+            if fmt == "parquet":
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                return pq.read_table(pa.BufferReader(data)).to_pandas()
+            return pd.read_csv(io.BytesIO(data), sep="\t" if fmt == "tsv" else ",", low_memory=False)
+        except Exception as exc:  # noqa: BLE001 - name the file, never a traceback
+            raise CLIError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
 
     p = Path(path)
     if not p.exists():
@@ -87,6 +147,17 @@ def read_table(path: str):
 
 def _atomic_write(out: str, write) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file to ``out``; no partial output."""
+    if _is_uri(out):
+        from airflow_ml_provider.ml import storage
+
+        with tempfile.TemporaryDirectory(prefix="airflow-ml-") as tmp_dir:
+            tmp = str(Path(tmp_dir) / "out")
+            write(tmp)
+            try:
+                storage.write_bytes_atomic(out, Path(tmp).read_bytes())
+            except storage.StorageError as exc:
+                raise CLIError(str(exc)) from None
+        return
     target = Path(out)
     if target.is_dir():
         raise CLIError(f"output path is a directory: {out}")
@@ -107,8 +178,9 @@ def _atomic_write(out: str, write) -> None:
 def _fit(args: argparse.Namespace) -> int:
     from airflow_ml_provider.ml.features import FeatureError, FeatureSpec, fit
 
+    text = _read_text(args.spec, "spec file")
     try:
-        spec = FeatureSpec.from_yaml(Path(args.spec))
+        spec = FeatureSpec.from_yaml(text, source=args.spec)
     except FeatureError as exc:
         raise CLIError(str(exc)) from None
     df = read_table(args.data)
@@ -131,8 +203,9 @@ def _fit(args: argparse.Namespace) -> int:
 def _load_fitted(path: str):
     from airflow_ml_provider.ml.features import FeatureError, FittedSpec
 
+    text = _read_text(path, "fitted spec file")
     try:
-        return FittedSpec.load(path)
+        return FittedSpec.from_json(text, source=path)
     except FeatureError as exc:
         raise CLIError(str(exc)) from None
 

@@ -187,9 +187,8 @@ class FeatureSpec:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_yaml(cls, path_or_text: str | os.PathLike) -> FeatureSpec:
-        """Load a spec from a YAML file path or from YAML text."""
-        source = None
+    def from_yaml(cls, path_or_text: str | os.PathLike, *, source: str | None = None) -> FeatureSpec:
+        """Load a spec from a YAML file path or from YAML text (``source`` names it in errors)."""
         if isinstance(path_or_text, os.PathLike) or (
             isinstance(path_or_text, str)
             and "\n" not in path_or_text
@@ -205,6 +204,9 @@ class FeatureSpec:
             source = str(p)
         elif isinstance(path_or_text, str):
             text = path_or_text
+            if source is not None:
+                data, lines = _load_yaml_with_lines(text, source)
+                return cls._parse(data, lines, source)
         else:
             raise TypeError(f"from_yaml expects a path or YAML text, got {type(path_or_text).__name__}")
         data, lines = _load_yaml_with_lines(text, source)
