@@ -418,3 +418,32 @@ def test_workers_secrets_backend_config_and_per_key_env_kwargs(tmp_path):
     assert out["dict"] == "0.9"
     assert out["ttl"] == 42.0
     assert out["prefix"] == "team_a."
+
+
+def test_forked_process_reloads_its_own_snapshot(store, db_url):
+    """A task process forked from one that holds a snapshot (the supervisor) loads afresh."""
+    import multiprocessing
+
+    store.set("ratio", "0.1")
+    backend = DictionaryTableBackend(sql_alchemy_conn=db_url, cache_ttl_seconds=3600)
+    assert backend.get_variable("ratio") == "0.1"
+    store.set("ratio", "0.2")
+    assert backend.get_variable("ratio") == "0.1"  # this process: its snapshot, TTL not reached
+
+    def child(queue):
+        queue.put((backend.get_variable("ratio"), backend._snapshot().loads))
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=child, args=(queue,))
+    proc.start()
+    value, loads = queue.get(timeout=60)
+    proc.join(timeout=60)
+    assert value == "0.2"  # the child saw the change: it loaded its own snapshot
+    assert loads == 2  # the inherited load + its own single query
+    assert backend.get_variable("ratio") == "0.1"
+
+
+def test_bad_key_prefix():
+    with pytest.raises(DictionaryValidationError, match="control character"):
+        DictionaryTableBackend(sql_alchemy_conn="sqlite://", key_prefix="a\nb")

@@ -162,7 +162,10 @@ class DictionaryTableBackend(BaseSecretsBackend):
         self.table = validate_table_name(table)
         self.key_prefix = key_prefix or ""
         if self.key_prefix:
-            validate_key(self.key_prefix.strip() or "x")
+            if any(ord(c) < 32 or ord(c) == 127 for c in self.key_prefix):
+                raise DictionaryValidationError(
+                    f"DictionaryTableBackend: key_prefix {self.key_prefix!r} contains a control character"
+                )
             if len(self.key_prefix) >= MAX_KEY_LENGTH:
                 raise DictionaryValidationError(
                     f"DictionaryTableBackend: key_prefix is longer than {MAX_KEY_LENGTH - 1} characters"
