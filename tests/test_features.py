@@ -984,3 +984,20 @@ def test_unsupported_values_name_the_feature():
     num = fit(one("a", "[standardize]"), pd.DataFrame({"a": [1.0, 2.0]}))
     with pytest.raises(FeatureTypeError, match="feature 'a': integer .* too large"):
         num.transform_row({"a": 10**400})
+
+
+def test_fill_missing_option_errors_and_numeric_text():
+    with pytest.raises(FeatureSpecError, match="transforms\\[0\\].fill_missing.value.*must not be empty"):
+        one("g", '[fill_missing: {value: ""}, one_hot]', dtype="categorical")
+    with pytest.raises(FeatureSpecError, match="fill_missing.value.*must be a number"):
+        one("a", "[fill_missing: {value: zero}]")
+    with pytest.raises(FeatureSpecError, match="fill_missing.strategy.*needs a numeric input"):
+        one("g", "[fill_missing: {strategy: mean}, one_hot]", dtype="categorical")
+    with pytest.raises(FeatureSpecError, match="fill_missing.value.*only used with strategy constant"):
+        one("a", "[fill_missing: {strategy: mean, value: 1}]")
+    fitted = fit(one("a", "[fill_missing: {value: 1e3}]"), pd.DataFrame({"a": [None, 2.0]}))
+    assert fitted.transform_row({})[0] == 1000.0  # PyYAML reads 1e3 as text; still a number
+    g = fit(
+        one("g", "[fill_missing: {value: 7}, one_hot]", dtype="categorical"), pd.DataFrame({"g": [None, "7"]})
+    )
+    assert g.feature_names == ["g=<oov>", "g=7"]

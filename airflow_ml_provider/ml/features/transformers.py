@@ -30,7 +30,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .values import INF, NAN, KeyColumn, cross_hash, cross_hash_array, log1p_array, log1p_scalar, stable_hash
+from .values import (
+    INF,
+    NAN,
+    KeyColumn,
+    cross_hash,
+    cross_hash_array,
+    log1p_array,
+    log1p_scalar,
+    stable_hash,
+    to_key,
+)
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -330,8 +340,6 @@ class FillMissing(Transformer):
         if strategy == "constant":
             if value is None:
                 raise OptionError("value", "is required with strategy constant")
-            if self.input_kind == NUMERIC and not _is_number(value):
-                raise OptionError("value", f"must be a number for a numeric feature, got {value!r}")
         elif value is not None:
             raise OptionError("value", f"is only used with strategy constant, not {strategy}")
         if strategy in ("mean", "median") and self.input_kind != NUMERIC:
@@ -340,11 +348,15 @@ class FillMissing(Transformer):
             raise OptionError("strategy", "most_frequent needs a categorical input")
         self._fill = None
         if strategy == "constant":
-            self._fill = float(value) if self.input_kind == NUMERIC else (str(value) if value != "" else None)
-            if self.input_kind == CATEGORICAL and isinstance(value, (int, float)):
-                from .values import to_key
-
-                self._fill = to_key(value, self.feature)
+            if self.input_kind == NUMERIC:
+                value = _yaml_number(value)
+                if not _is_number(value):
+                    raise OptionError("value", f"must be a number for a numeric feature, got {value!r}")
+                self._fill = float(value)
+            else:
+                self._fill = to_key(value, self.feature)  # the same key a value in the data would get
+                if self._fill is None:
+                    raise OptionError("value", "must not be empty (an empty value is a missing one)")
 
     def fit(self, values: Any) -> None:
         strategy = self.opts["strategy"]
@@ -634,8 +646,6 @@ class Vocabulary(_IndexOutput):
         self._lookup: dict[str, int] = {}
         fixed = self.opts.get("values")
         if fixed is not None:
-            from .values import to_key
-
             keys = [to_key(v, self.feature) for v in fixed]
             if any(k is None for k in keys):
                 raise OptionError("values", "must not contain empty values")
