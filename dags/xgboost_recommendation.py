@@ -15,7 +15,10 @@ Locations (environment variables; the defaults give the embedded set-up, SQLite 
   ``$AIRFLOW_ML_HOME/audio.db`` unless ``AIRFLOW_CONN_ML_AUDIO_SQLITE`` is already set;
 * ``AIRFLOW_ML_STORAGE`` -- artifact storage (``webhdfs://hdfs_default@/ml`` in production);
 * ``AIRFLOW_ML_REGISTRY`` -- the model registry (a SQLAlchemy URL or an Airflow connection id);
-* ``AIRFLOW_ML_MODEL_NAME`` -- default ``audio_listen_30s``.
+* ``AIRFLOW_ML_MODEL_NAME`` -- default ``audio_listen_30s``;
+* ``AIRFLOW_ML_FEATURE_SPEC`` -- the feature spec: default ``specs/audio_recommendation.yaml`` beside
+  this file; a storage URI (``webhdfs://hdfs_default@/resources/specs/audio.yaml``) reads it from
+  storage, the platform's resource center.
 
 Gates: ``min_metrics`` below, overridden by the Airflow Variables ``ml.<model>.gates`` (JSON) and
 ``ml.<model>.min_auc`` etc. (see docs/pipeline.md); plus the champion/challenger comparison.
@@ -39,6 +42,7 @@ from airflow_ml_provider.operators.train import XGBoostTrainOperator
 
 ML_HOME = os.environ.get("AIRFLOW_ML_HOME") or os.path.join(os.path.expanduser("~"), "airflow-ml")
 MODEL_NAME = os.environ.get("AIRFLOW_ML_MODEL_NAME") or "audio_listen_30s"
+FEATURE_SPEC = os.environ.get("AIRFLOW_ML_FEATURE_SPEC") or "specs/audio_recommendation.yaml"
 SOURCE_CONN_ID = os.environ.get("AIRFLOW_ML_SOURCE_CONN_ID") or "ml_audio_sqlite"
 if SOURCE_CONN_ID == "ml_audio_sqlite":
     # the embedded default: the SQLite file the demo generates (a real connection of that id wins
@@ -94,7 +98,7 @@ with DAG(
     )
     preprocess = PreprocessOperator(
         task_id="preprocess",
-        spec="specs/audio_recommendation.yaml",
+        spec=FEATURE_SPEC,
         keep_columns=["event_id", "user_id"],
     )
     train = XGBoostTrainOperator(

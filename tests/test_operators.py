@@ -125,6 +125,51 @@ def test_bound_parameters_not_formatted(env):
     assert sqlite3.connect(env / "audio.db").execute("SELECT COUNT(*) FROM play_events").fetchone()[0] == 5000
 
 
+def test_union_and_join_of_sql_and_file_sources(env, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    extra = tmp_path / "extra_events.parquet"
+    pq.write_table(pa.table({"event_id": [10_000_001, 10_000_002], "user_id": [1, 2]}), extra)
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,segment\n1,heavy\n2,light\n3,new\n")
+    op = SampleOperator(
+        task_id="sample", split_by="none", combine="union",
+        sources=[{"conn_id": "unit_audio", "sql": "SELECT event_id, user_id FROM play_events WHERE user_id <= :u",
+                  "parameters": {"u": 3}},
+                 {"uri": f"file://{extra}", "name": "extra file"}],
+    )
+    out = op.execute(ctx(run_id="union", dag_id="unit_misc"))
+    table = pq.read_table(out["train"])
+    import sqlite3
+
+    n_sql = sqlite3.connect(env / "audio.db").execute("SELECT COUNT(*) FROM play_events WHERE user_id <= 3").fetchone()[0]
+    assert table.num_rows == n_sql + 2 == out["rows_read"]
+    assert table.column("event_id").to_pylist()[-2:] == [10_000_001, 10_000_002]
+    op = SampleOperator(
+        task_id="sample", split_by="none", combine="join", join_on="user_id",
+        sources=[{"conn_id": "unit_audio", "sql": "SELECT event_id, user_id FROM play_events WHERE user_id <= 3"},
+                 {"uri": str(users), "format": "csv"}],
+    )
+    joined = pq.read_table(op.execute(ctx(run_id="join", dag_id="unit_misc"))["train"])
+    assert joined.num_rows == n_sql and set(joined.column_names) == {"event_id", "user_id", "segment"}
+    seg = dict(zip(joined.column("user_id").to_pylist(), joined.column("segment").to_pylist()))
+    assert {k: seg[k] for k in seg} == {k: {1: "heavy", 2: "light", 3: "new"}[k] for k in seg}
+    bad = SampleOperator(task_id="sample", sources=[{"uri": str(tmp_path / "missing.parquet")}])
+    with pytest.raises(SampleSourceError, match="missing.parquet does not exist"):
+        bad.execute(ctx(run_id="nofile", dag_id="unit_misc"))
+
+
+def test_spec_from_storage_uri(env, chain, tmp_path):
+    from airflow_ml_provider.ml import storage
+
+    uri = f"file://{tmp_path}/resources/spec.yaml"
+    storage.write_bytes_atomic(uri, SPEC.read_bytes())
+    out = PreprocessOperator(task_id="preprocess", spec=uri).execute(ctx(run_id="spec_uri", xcoms=dict(chain)))
+    assert out["spec_hash"] == chain["preprocess"]["spec_hash"]
+    assert out["spec_source"] == str(tmp_path / "resources" / "spec.yaml")
+
+
 def test_not_a_sql_connection_is_named(env, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_UNIT_HDFS", json.dumps({"conn_type": "webhdfs", "host": "localhost"}))
     op = SampleOperator(task_id="sample", conn_id="unit_hdfs", sql="SELECT 1")

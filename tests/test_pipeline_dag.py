@@ -40,7 +40,7 @@ def ml_home(tmp_path_factory) -> Path:
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {"AIRFLOW_ML_HOME": str(home), "AIRFLOW_ML_STORAGE": "", "AIRFLOW_ML_REGISTRY": "",
-           "AIRFLOW_ML_SOURCE_CONN_ID": "", "AIRFLOW_ML_MODEL_NAME": ""}
+           "AIRFLOW_ML_SOURCE_CONN_ID": "", "AIRFLOW_ML_MODEL_NAME": "", "AIRFLOW_ML_FEATURE_SPEC": ""}
     env.update(extra)
     return env
 
@@ -169,9 +169,14 @@ def test_mariadb_source_and_registry_with_real_hdfs(run_dag, mariadb_url, hdfs, 
     """The production shape: play events in MariaDB, the registry in MariaDB, artifacts on HDFS."""
     import uuid
 
+    from airflow_ml_provider.ml import storage
+
     load_audio_dataset(mariadb_url, events=6_000, users=600, items=300, hosts=80)
     db = mariadb_url.rsplit("/", 1)[1]
     hdfs_dir = f"/tests/pipeline-{uuid.uuid4().hex[:10]}"
+    # the feature spec comes from HDFS (the resource center), not from the DAG folder
+    spec_uri = f"{hdfs.base_uri}{hdfs_dir}/resources/audio_spec.yaml"
+    storage.write_bytes_atomic(spec_uri, (DAGS / "specs" / "audio_recommendation.yaml").read_bytes())
     env = _env(
         tmp_path,
         AIRFLOW_ML_SOURCE_CONN_ID="ml_audio_mysql",
@@ -181,6 +186,7 @@ def test_mariadb_source_and_registry_with_real_hdfs(run_dag, mariadb_url, hdfs, 
         AIRFLOW_ML_REGISTRY=mariadb_url,
         AIRFLOW_ML_STORAGE=f"webhdfs://hdfs_pipeline@{hdfs_dir}",
         AIRFLOW_CONN_HDFS_PIPELINE=json.dumps({"conn_type": "webhdfs", "host": "127.0.0.1", "port": hdfs.http_port}),
+        AIRFLOW_ML_FEATURE_SPEC=f"webhdfs://hdfs_pipeline@{hdfs_dir}/resources/audio_spec.yaml",
     )
     res = run_dag(DAGS, DAG_ID, conf={**FAST, "split_by": "time"}, env=env)
     monkeypatch.setenv("AIRFLOW_CONN_HDFS_PIPELINE", env["AIRFLOW_CONN_HDFS_PIPELINE"])  # to read it back here
@@ -201,5 +207,6 @@ def test_mariadb_source_and_registry_with_real_hdfs(run_dag, mariadb_url, hdfs, 
     assert bundle.metrics["auc"] == pytest.approx(rec.metrics["auc"]) and bundle.metrics["auc"] > 0.55
     assert bundle.metadata["training_data_uri"].startswith(f"webhdfs://hdfs_pipeline@{hdfs_dir}/runs/")
     assert (bundle.root / "charts" / "roc.png").is_file()
+    assert bundle.metadata["spec_source"] == f"webhdfs://hdfs_pipeline@{hdfs_dir}/resources/audio_spec.yaml"
     # nothing of the run was written to local disk
     assert not (tmp_path / "storage").exists()
