@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -431,6 +432,32 @@ def _is_missing_table(exc: BaseException) -> bool:
     return "no such table" in text or "doesn't exist" in text or "does not exist" in text or "1146" in text
 
 
+def _is_write_conflict(exc: BaseException) -> bool:
+    """A concurrent writer got there first: duplicate key, InnoDB deadlock or lock wait timeout."""
+    if isinstance(exc, sa.exc.IntegrityError):
+        return True
+    args = getattr(getattr(exc, "orig", None), "args", ())
+    return bool(args) and args[0] in (1205, 1213)
+
+
+class _WriteConflict(Exception):
+    """Internal: retry the write transaction."""
+
+
+def _retrying(fn, doing: str, database: str, attempts: int = 5):
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except _WriteConflict as exc:
+            if attempt == attempts - 1:
+                raise DictionaryError(
+                    f"{doing}: gave up after {attempts} attempts because of concurrent changes in {database} "
+                    f"({exc.__cause__})"
+                ) from None
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class DictionaryStore:
     """Read and change the dictionary table.
 
@@ -485,6 +512,8 @@ class DictionaryStore:
         except DictionaryError:
             raise
         except sa.exc.DBAPIError as exc:
+            if _is_write_conflict(exc):
+                raise _WriteConflict() from exc
             if _is_missing_table(exc):
                 raise DictionaryTableMissing(
                     f"dictionary table {self.table_name!r} not found in {self.database}: "
@@ -601,8 +630,12 @@ class DictionaryStore:
         if description is not KEEP:
             description = validate_description(description, key=key)
         user = _validate_user(updated_by)
-        with self._begin(f"setting key {key!r}") as conn:
-            return self._set(conn, key, value, description, user, _utcnow())
+
+        def attempt() -> Change:
+            with self._begin(f"setting key {key!r}") as conn:
+                return self._set(conn, key, value, description, user, _utcnow())
+
+        return _retrying(attempt, f"setting key {key!r}", self.database)
 
     def _set(
         self, conn: sa.Connection, key: str, value: str, description: Any, user: str, now: _dt.datetime
@@ -655,6 +688,9 @@ class DictionaryStore:
         """Delete one key; returns the deleted entry, or None if there was no such key."""
         key = validate_key(key)
         user = _validate_user(updated_by)
+        return _retrying(lambda: self._delete(key, user), f"deleting key {key!r}", self.database)
+
+    def _delete(self, key: str, user: str) -> Entry | None:
         t, h = self.table, self.history_table
         with self._begin(f"deleting key {key!r}") as conn:
             row = conn.execute(sa.select(t).where(t.c.key == key).with_for_update()).first()
@@ -696,15 +732,17 @@ class DictionaryStore:
                 raise DictionaryValidationError(f"{source}: {exc}") from None
             checked[key] = (value, description)
         user = _validate_user(updated_by)
-        created: list[str] = []
-        updated: list[str] = []
-        unchanged: list[str] = []
-        now = _utcnow()
-        with self._begin(f"importing {source}") as conn:
-            for key, (value, description) in checked.items():
-                change = self._set(conn, key, value, description, user, now)
-                {"created": created, "updated": updated, "unchanged": unchanged}[change.action].append(key)
-        return ImportResult(created, updated, unchanged)
+
+        def attempt() -> ImportResult:
+            result = ImportResult([], [], [])
+            now = _utcnow()
+            with self._begin(f"importing {source}") as conn:
+                for key, (value, description) in checked.items():
+                    change = self._set(conn, key, value, description, user, now)
+                    getattr(result, change.action).append(key)
+            return result
+
+        return _retrying(attempt, f"importing {source}", self.database)
 
     def export_entries(self, prefix: str | None = None) -> list[Entry]:
         return self.list(prefix)

@@ -340,3 +340,30 @@ def test_load_snapshot_unreachable_masks_password():
     with pytest.raises(DictionaryUnavailableError) as info:
         ds.load_snapshot("mysql+pymysql://u:PwSecret123@127.0.0.1:1/db", connect_timeout=1)
     assert "PwSecret123" not in str(info.value) and "u:***@127.0.0.1:1/db" in str(info.value)
+
+
+def test_concurrent_writers_of_a_new_key(store):
+    """Eight writers create the same key at once: all succeed, exactly one 'create' in the history."""
+    import threading
+
+    barrier = threading.Barrier(8)
+    results, errors = [], []
+
+    def writer(i):
+        s = DictionaryStore(store.engine)
+        barrier.wait()
+        try:
+            results.append(s.set("shared", f"v{i}", updated_by=f"w{i}").action)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert results.count("created") == 1
+    history = store.history("shared")
+    assert [h.action for h in history].count("create") == 1
+    assert history[0].new_value == store.get("shared").value
