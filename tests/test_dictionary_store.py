@@ -9,6 +9,8 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_ml_provider import dictionary_store as ds
 from airflow_ml_provider.dictionary_store import (
@@ -367,3 +369,34 @@ def test_concurrent_writers_of_a_new_key(store):
     history = store.history("shared")
     assert [h.action for h in history].count("create") == 1
     assert history[0].new_value == store.get("shared").value
+
+
+_key_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=250
+).filter(lambda k: k == k.strip())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    entries=st.dictionaries(
+        _key_text,
+        st.tuples(st.text(max_size=300), st.one_of(st.none(), st.text(max_size=50))),
+        max_size=12,
+    )
+)
+def test_export_import_round_trip_property(entries):
+    """Any valid keys, values and descriptions survive export -> import -> export byte for byte."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = DictionaryStore(f"sqlite:///{tmp}/a.db")
+        dst = DictionaryStore(f"sqlite:///{tmp}/b.db")
+        src.create_tables()
+        dst.create_tables()
+        src.import_entries([(k, v, d) for k, (v, d) in entries.items()])
+        text = ds.dump_export(src.export_entries())
+        dst.import_entries(ds.parse_json_entries(text))
+        assert ds.dump_export(dst.export_entries()) == text
+        assert {e.key: (e.value, e.description) for e in dst.list()} == entries
+        src.dispose()
+        dst.dispose()
