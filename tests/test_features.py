@@ -1001,3 +1001,49 @@ def test_fill_missing_option_errors_and_numeric_text():
         one("g", "[fill_missing: {value: 7}, one_hot]", dtype="categorical"), pd.DataFrame({"g": [None, "7"]})
     )
     assert g.feature_names == ["g=<oov>", "g=7"]
+
+
+def test_loading_refuses_a_transformer_that_is_not_installed(tmp_path):
+    doc = fit(one("a", '["tests.features_plugin:Winsorize"]'), pd.DataFrame({"a": [1.0, 2.0, 3.0]})).to_dict()
+    doc["spec"]["features"][0]["transforms"] = [{"tests.features_plugin:Gone": {}}]
+    doc["state"][0]["transforms"][0]["name"] = "tests.features_plugin:Gone"
+    body = {k: v for k, v in doc.items() if k != "content_hash"}
+    doc["content_hash"] = (
+        "sha256:"
+        + hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        ).hexdigest()
+    )
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(FeatureSpecError) as exc:
+        FittedSpec.load(path)
+    assert "feature 'a'" in str(exc.value) and "has no attribute 'Gone'" in str(exc.value)
+
+
+def test_row_transform_does_not_scale_with_the_vocabulary():
+    """Serving cost must not grow with the number of learned categories (scikit-learn's one-row
+    transform rebuilds a lookup over them on every call)."""
+    import time
+
+    n = 100_000
+    df = pd.DataFrame({"item": [f"item_{i}" for i in range(n)], "x": np.arange(n, dtype=float)})
+    spec = spec_of(
+        """
+        features:
+          - {name: item, dtype: categorical, transforms: [vocabulary]}
+          - {name: x, transforms: [log1p, standardize]}
+        cross_features:
+          - {name: ix, inputs: [item, x], transforms: [hashed_cross: {buckets: 1000}]}
+        """
+    )
+    fitted = fit(spec, df)
+    rows = [{"item": f"item_{i * 37 % n}", "x": float(i)} for i in range(2000)]
+    for r in rows[:200]:
+        fitted.transform_row(r)
+    times = []
+    for r in rows:
+        t = time.perf_counter()
+        fitted.transform_row(r)
+        times.append(time.perf_counter() - t)
+    assert np.percentile(times, 50) < 500e-6  # typically ~10 us; a per-call rebuild costs milliseconds
