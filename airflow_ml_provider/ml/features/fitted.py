@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ from .values import F32_OVERFLOW, NAN, KeyColumn, to_float, to_key, to_key_list
 FORMAT = "airflow-ml-provider/fitted-feature-spec"
 FORMAT_VERSION = 1
 
-_ABSENT = object()
 #: Rows per block of the batch transform (fits the CPU cache with ~200 output columns).
 _BLOCK_ROWS = 8192
 _F32_ZERO = np.float32(0.0)
@@ -254,20 +253,6 @@ class _InputCache:
         if fdef.dtype == CATEGORICAL:
             return self.keys(fdef.column, fdef.name)
         return self.lists(fdef.column, fdef.name, fdef.separator)
-
-
-def _batch_input(data: Any, fdef: FeatureDef) -> Any:
-    return _InputCache(data).input_for(fdef)
-
-
-def _row_converter(fdef: FeatureDef) -> Callable[[Any], Any]:
-    name = fdef.name
-    if fdef.dtype == NUMERIC:
-        return lambda v: to_float(v, name)
-    if fdef.dtype == CATEGORICAL:
-        return lambda v: to_key(v, name)
-    sep = fdef.separator
-    return lambda v: to_key_list(v, name, sep)
 
 
 # ---------------------------------------------------------------------------------------------
