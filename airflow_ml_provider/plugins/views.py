@@ -110,12 +110,21 @@ def dictionary_entries() -> list[dict[str, Any]]:
     except ImportError:  # older Airflow 3 releases
         from airflow.sdk.execution_time.secrets_masker import should_hide_value_for_key
 
-    from airflow_ml_provider.dictionary_store import DEFAULT_TABLE, DictionaryStore
+    from airflow_ml_provider.dictionary_store import (
+        DEFAULT_TABLE,
+        DictionaryError,
+        DictionaryStore,
+        DictionaryTableMissing,
+    )
 
     settings = _dictionary_settings()
     store = DictionaryStore(settings["sql_alchemy_conn"], settings.get("table", DEFAULT_TABLE))
     try:
         entries = store.list(settings.get("key_prefix") or None)
+    except DictionaryTableMissing:
+        entries = []  # nothing set yet: `airflow-ml dictionary init` or the first `set` creates it
+    except DictionaryError as exc:
+        raise HTTPException(503, str(exc)) from None
     finally:
         store.dispose()
     rows = []
