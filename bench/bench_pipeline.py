@@ -98,7 +98,7 @@ def _parse_times(path: Path, runs: int) -> dict[str, float]:
     return {"cold": statistics.median(colds), "warm": statistics.median(warms)}
 
 
-def bench_parse(runs: int = 5) -> None:
+def bench_parse(runs: int = 3) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-parse-") as tmp:
         bash = Path(tmp) / "bash_same_shape.py"
         bash.write_text(BASH_DAG)

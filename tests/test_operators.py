@@ -322,6 +322,20 @@ def test_evaluate_writes_metrics_charts_and_compares_with_the_champion(env, chai
     assert out["gate"]["champion_version"] == 1
 
 
+def test_regression_objective_end_to_end(env, chain):
+    c = ctx(run_id="regression", xcoms=dict(chain))
+    c["ti"].xcoms["train_reg"] = XGBoostTrainOperator(
+        task_id="train_reg", objective="reg:squarederror", num_boost_round=8, eval_metric="rmse").execute(c)
+    out = EvaluateOperator(task_id="evaluate_reg", model_name="unit_reg", input_task_id="train_reg",
+                           max_metrics={"rmse": 0.6}, champion=False).execute(c)
+    m = json.loads(Path(out["metrics_uri"]).read_text())
+    assert m["task"] == "regression"
+    for key in ("rmse", "mae", "r2", "mape"):
+        assert key in m
+    assert 0 < m["rmse"] < 0.6 and out["gate"]["passed"] is True
+    assert "pred_vs_actual.png" in out["charts"] and "residuals.png" in out["charts"]
+
+
 def test_train_logs_progress_and_passes_params(env, chain):
     model_dir = Path(chain["train"]["uri"])
     meta = json.loads((model_dir / "metadata.json").read_text())
