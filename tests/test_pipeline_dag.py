@@ -210,3 +210,28 @@ def test_mariadb_source_and_registry_with_real_hdfs(run_dag, mariadb_url, hdfs, 
     assert bundle.metadata["spec_source"] == f"webhdfs://hdfs_pipeline@{hdfs_dir}/resources/audio_spec.yaml"
     # nothing of the run was written to local disk
     assert not (tmp_path / "storage").exists()
+
+
+BAD_SQL_DAG = '''
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow_ml_provider.operators.sample import SampleOperator
+
+with DAG(dag_id="ml_bad_sql", schedule=None, start_date=datetime(2024, 1, 1), catchup=False) as dag:
+    SampleOperator(task_id="bad_sql", conn_id="ml_bad_db", sql="SELECT user_id, nope FROM play_events")
+    SampleOperator(task_id="bad_column", conn_id="ml_bad_db", sql="SELECT * FROM play_events",
+                   split_by="group", group_column="uid")
+'''
+
+
+def test_bad_sql_and_missing_column_fail_the_task_in_airflow(run_dag, ml_home, tmp_path):
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "ml_bad_sql.py").write_text(BAD_SQL_DAG)
+    res = run_dag(dags, "ml_bad_sql", env=_env(
+        ml_home, AIRFLOW_CONN_ML_BAD_DB=json.dumps({"conn_type": "sqlite", "host": str(ml_home / "audio.db")})))
+    assert res.states == {"bad_sql": "failed", "bad_column": "failed"}, res.output[-4000:]
+    assert "SampleOperator(bad_sql): the query on connection 'ml_bad_db' failed: OperationalError: no such column: nope" \
+        in res.output
+    assert "column 'uid' (group_column) is not in the sampled data" in res.output
+    assert not (ml_home / "storage" / "runs" / "ml_bad_sql").exists()  # no partial output
