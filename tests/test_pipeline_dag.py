@@ -235,3 +235,28 @@ def test_bad_sql_and_missing_column_fail_the_task_in_airflow(run_dag, ml_home, t
         in res.output
     assert "column 'uid' (group_column) is not in the sampled data" in res.output
     assert not (ml_home / "storage" / "runs" / "ml_bad_sql").exists()  # no partial output
+
+
+def test_retried_publish_in_airflow_makes_no_duplicate(first_run, ml_home, airflow_home):
+    """`airflow tasks test ... publish <run>`: the publish of the first run again, with its real XComs."""
+    import subprocess
+    import sys
+
+    from tests.fixtures.airflow import airflow_base_env
+
+    assert first_run["returncode"] == 0, first_run["output"][-4000:]
+    env = airflow_base_env(airflow_home)
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
+    env.update(_env(ml_home))
+    reg = ModelRegistry(f"sqlite:///{ml_home / 'registry.db'}")
+    before = [(r.version, r.run_id, r.checksum) for r in reg.list(MODEL)]
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "tasks", "test", DAG_ID, "publish", first_run["run_id"]],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "This run already published audio_listen_30s version 1 (a retry): nothing new is written." in out
+    assert [(r.version, r.run_id, r.checksum) for r in reg.list(MODEL)] == before
+    assert sorted(p.name for p in (ml_home / "storage" / "models" / MODEL).iterdir()) == ["1"]
+    load_bundle(ml_home / "storage" / "models" / MODEL / "1", verify=True)
