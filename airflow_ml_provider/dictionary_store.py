@@ -34,6 +34,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
+from airflow_ml_provider.ml.dburl import mask_url
+
 __all__ = [
     "DEFAULT_TABLE",
     "EXPORT_FORMAT",
@@ -199,17 +201,6 @@ def _default_user() -> str:
 
 # --------------------------------------------------------------------------------------------
 # engines and URLs
-
-
-def mask_url(url: str | URL | sa.Engine) -> str:
-    """The database URL with its password replaced by ``***`` (safe for logs and errors)."""
-    if isinstance(url, sa.Engine):
-        url = url.url
-    try:
-        parsed = url if isinstance(url, URL) else make_url(str(url))
-        return parsed.render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL: mask whatever sits between ':' and '@'
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
 
 
 def _timeout_connect_args(url: URL, connect_timeout: float, query_timeout: float) -> dict[str, Any]:

@@ -37,6 +37,8 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql as _mysql
 
+from airflow_ml_provider.ml.dburl import mask_url
+
 __all__ = [
     "ModelRecord",
     "ModelRegistry",
@@ -98,18 +100,6 @@ def normalize_url(url: str | sa.engine.URL) -> sa.engine.URL:
     if parsed.get_backend_name() in ("mysql", "mariadb") and "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     return parsed
-
-
-def mask_url(url: str | sa.engine.URL | None) -> str:
-    """The URL as text with its password replaced by ``***`` (never raises)."""
-    if url is None:
-        return ""
-    if isinstance(url, sa.engine.URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not parseable: mask anything that looks like user:password@
-        return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", str(url))
 
 
 def url_from_connection(
