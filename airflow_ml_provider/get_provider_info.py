@@ -32,6 +32,9 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
+        "hooks": [
+            {"integration-name": "Airflow ML", "python-modules": ["airflow_ml_provider.hooks.registry"]}
+        ],
         "filesystems": ["airflow_ml_provider.fs.webhdfs"],
         "secrets-backends": ["airflow_ml_provider.secrets.dictionary.DictionaryTableBackend"],
         "plugins": [
