@@ -67,7 +67,45 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+try:  # optional: about 3x faster parsing of a 100-row request
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency, but the service works without it
+    _orjson = None
+
+#: An integer token this long may be beyond 64 bits, which orjson reads as a float (``json`` keeps
+#: the exact int: a categorical key, e.g. an id, depends on every digit) -> such a body goes to json.
+_LONG_DIGITS = 19
+
+
+def _has_long_digit_run(body: bytes) -> bool:
+    """Whether ``body`` holds ``_LONG_DIGITS`` ASCII digits in a row (vectorised, ~20 us per 40 KB)."""
+    n = len(body)
+    if n < _LONG_DIGITS:
+        return False
+    import numpy as np
+
+    d = (np.frombuffer(body, dtype=np.uint8) - np.uint8(48)) < 10  # ASCII digit
+    r2 = d[:-1] & d[1:]  # a run of >= 2 digits starts here
+    r4 = r2[:-2] & r2[2:]  # >= 4
+    r8 = r4[:-4] & r4[4:]  # >= 8
+    r16 = r8[:-8] & r8[8:]  # >= 16
+    m = len(r4) - (_LONG_DIGITS - 4)  # >= 19: 16 from p, and 4 from p + 15
+    return bool((r16[:m] & r4[_LONG_DIGITS - 4:]).any())
+
+
 def _loads(body: bytes) -> Any:
+    """Parse a request body; the same values, types and errors as ``json.loads``.
+
+    orjson (when installed) parses the common body; ``json`` decides everything else: a body orjson
+    refuses (so the error message stays json's, and what json accepts -- lone surrogates, UTF-16 --
+    is still accepted) and a body with an integer that may not fit 64 bits.
+    tests/test_serving_batch.py checks the two parsers agree bit for bit.
+    """
+    if _orjson is not None and not _has_long_digit_run(body):
+        try:
+            return _orjson.loads(body)
+        except Exception:  # noqa: BLE001, S110 - json.loads below gives the answer or the error
+            pass
     return json.loads(body, parse_constant=_reject_constant)
 
 
@@ -78,6 +116,12 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _dumps_predictions(predictions: Any, version: int) -> bytes:
+    if _orjson is not None:
+        # shortest round-trip float text too; NaN and infinity become null, as below
+        try:
+            return _orjson.dumps({"predictions": predictions, "model_version": version})
+        except Exception:  # noqa: BLE001, S110 - json below
+            pass
     try:
         return _dumps({"predictions": predictions, "model_version": version})
     except ValueError:  # NaN / infinity predictions: JSON has no literal for them -> null
@@ -259,10 +303,11 @@ class ServingApp:
             instances = payload["instances"]
             if not isinstance(instances, list):
                 raise BadRequest(f'"instances" must be a list of objects, got a JSON {_json_type(instances)}')
-            for i, row in enumerate(instances):
-                if not isinstance(row, dict):
-                    raise BadRequest(f"instance {i} must be an object of feature values, "
-                                     f"got a JSON {_json_type(row)}")
+            if set(map(type, instances)) != {dict}:  # (parsed JSON objects are plain dicts)
+                for i, row in enumerate(instances):
+                    if not isinstance(row, dict):
+                        raise BadRequest(f"instance {i} must be an object of feature values, "
+                                         f"got a JSON {_json_type(row)}")
         elif "inputs" in payload:
             instances = _columns_to_rows(payload["inputs"])
         else:
