@@ -236,13 +236,14 @@ def test_many_rows_span_several_blocks(force_columnar):
 
 
 def test_columnar_is_faster_from_the_threshold():
-    """The path choice is a speed trade: at 100 rows the columnar path is the faster one."""
+    """The path choice is a speed trade: at 200 rows the columnar path is the faster one."""
     import time
 
     df = pd.DataFrame({"num": np.arange(200.0), "num2": np.arange(200) % 7, "cat": ["a", "b"] * 100,
                        "lst": [["a"]] * 200})
     fitted = fit(SPEC, df)
-    rows = [{"num": float(i), "num2": i % 7, "cat": "ab"[i % 2], "lst": ["a"]} for i in range(100)]
+    rows = [{"num": float(i), "num2": i % 7, "cat": "ab"[i % 2], "lst": ["a"]} for i in range(200)]
+    assert len(rows) >= fitted_module.COLUMNAR_MIN_ROWS
 
     def best(fn):
         times = []

@@ -44,8 +44,9 @@ FORMAT_VERSION = 1
 _BLOCK_ROWS = 8192
 _F32_ZERO = np.float32(0.0)
 #: ``transform_rows`` takes the columnar path from this many rows up; below, the compiled row
-#: function is as fast (a numpy call per feature costs about as much as a few rows in Python).
-COLUMNAR_MIN_ROWS = 6
+#: function is faster (the columnar path's fixed cost -- a few numpy calls per feature -- is about
+#: 40 rows' worth of row code on the example spec; both costs grow with the number of features).
+COLUMNAR_MIN_ROWS = 40
 
 
 def _finish_numeric(v: Any) -> np.ndarray:
@@ -280,12 +281,14 @@ def _numeric_values(col: list | tuple, feature: str) -> np.ndarray:
     The row path takes a float as it is and converts everything else with :func:`to_float`; for an
     int that is ``float(v)`` (``OverflowError`` for a huge one -- the caller then falls back to the
     row path, which raises the proper :class:`FeatureTypeError`) and for ``None`` it is ``NAN``.
+    tests/test_features_batch_rows.py checks ints near 2**53, 2**63, 2**64 and beyond.
     """
     kinds = set(map(type, col))
+    # numpy converts a Python int as float() does (correctly rounded; OverflowError when too large)
     if kinds <= _INT_FLOAT:
-        return np.array(list(map(float, col)) if int in kinds else col, dtype=np.float64)
+        return np.array(col, dtype=np.float64)
     if kinds <= _NUMBER_OR_NONE:
-        return np.array([NAN if v is None else float(v) for v in col], dtype=np.float64)
+        return np.array([NAN if v is None else v for v in col], dtype=np.float64)
     return np.array([v if type(v) is float else to_float(v, feature) for v in col], dtype=np.float64)
 
 
