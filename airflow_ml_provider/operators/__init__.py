@@ -15,6 +15,8 @@ _LAZY = {
     "SampleOperator": "airflow_ml_provider.operators.sample",
     "PreprocessOperator": "airflow_ml_provider.operators.preprocess",
     "XGBoostTrainOperator": "airflow_ml_provider.operators.train",
+    "TrainModelOperator": "airflow_ml_provider.operators.train",
+    "Word2VecTrainOperator": "airflow_ml_provider.operators.train",
     "EvaluateOperator": "airflow_ml_provider.operators.evaluate",
     "PublishModelOperator": "airflow_ml_provider.operators.publish",
     "model_asset": "airflow_ml_provider.operators.publish",
@@ -26,6 +28,8 @@ __all__ = [
     "PreprocessOperator",
     "PublishModelOperator",
     "SampleOperator",
+    "TrainModelOperator",
+    "Word2VecTrainOperator",
     "XGBoostTrainOperator",
     "model_asset",
 ]

@@ -44,6 +44,12 @@ _GATE_METRICS = ("auc", "ks", "logloss", "precision", "recall", "f1", "accuracy"
                  "rmse", "mae", "r2", "mape")
 
 
+_EMBEDDING_MESSAGE = (
+    "{op}: the model is a word2vec embedding (item vectors, no score to evaluate on a feature table); "
+    "Word2VecTrainOperator measures it itself (next-item hit rate@k on its validation sequences)"
+)
+
+
 def gate_variable_names(model_name: str, prefix: str = "ml") -> dict[str, str]:
     """The Airflow Variable keys the gates of ``model_name`` are read from."""
     names = {"gates": f"{prefix}.{model_name}.gates", "min_improvement": f"{prefix}.{model_name}.min_improvement"}
@@ -203,6 +209,8 @@ class EvaluateOperator(MLBaseOperator):
             model_uri = model_uri or train["uri"]
             prep = train.get("preprocess") or {}
             data_uri = data_uri or prep.get(self.split) or prep.get("valid")
+        if (train or {}).get("task") == "embedding":
+            raise ValueError(_EMBEDDING_MESSAGE.format(op=f"EvaluateOperator({self.task_id})"))
         if not data_uri:
             raise ValueError(f"EvaluateOperator({self.task_id}): no {self.split} feature table to score (set data_uri)")
         threshold = self.as_float("threshold", self.threshold, allow_none=False)
@@ -210,6 +218,8 @@ class EvaluateOperator(MLBaseOperator):
         with self.workdir("evaluate") as tmp:
             model_dir = self.fetch_dir(model_uri, tmp)
             predictor = load_predictor(None, model_dir)
+            if getattr(predictor, "task", None) == "embedding":
+                raise ValueError(_EMBEDDING_MESSAGE.format(op=f"EvaluateOperator({self.task_id})"))
             ds = read_feature_table(self.fetch_file(data_uri, tmp))
             if ds.y is None:
                 raise ValueError(f"EvaluateOperator({self.task_id}): {data_uri} has no label column")

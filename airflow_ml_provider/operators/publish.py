@@ -119,6 +119,12 @@ class PublishModelOperator(MLBaseOperator):
         prep = train.get("preprocess") or {}
         sample = prep.get("sample") or {}
         spec_uri = self.fitted_spec_uri or prep.get("fitted_spec")
+        if not spec_uri and train.get("task") == "embedding":
+            raise ValueError(
+                f"PublishModelOperator({self.task_id}): {train.get('framework')} embeddings have no fitted feature "
+                "spec, and a model bundle needs one (the online service scores feature vectors); use the model "
+                f"directory written by the training task instead: {train.get('uri')}"
+            )
         if not spec_uri:
             raise ValueError(f"PublishModelOperator({self.task_id}): no fitted spec (set fitted_spec_uri)")
         dag_id = context["dag"].dag_id if context.get("dag") is not None else self.dag_id
