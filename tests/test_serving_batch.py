@@ -128,7 +128,9 @@ def test_parser_cases():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=80) | st.text(alphabet="0123456789.,e ", max_size=80).map(str.encode))
+@given(st.binary(max_size=80) | st.text(alphabet="0123456789.,e ", max_size=80).map(str.encode)
+       | st.lists(st.integers(0, 20), min_size=700, max_size=900).map(  # > 8 KB: the vectorised scan
+           lambda runs: b",".join(b"7" * k for k in runs)))
 def test_long_digit_run_detection(body):
     assert app_module._has_long_digit_run(body) == bool(re.search(rb"[0-9]{19}", body))
 

@@ -77,12 +77,17 @@ except ImportError:  # pragma: no cover - orjson is a dependency, but the servic
 _LONG_DIGITS = 19
 
 
+_DIGITS_TO_ZERO = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))  # digit -> "0", other -> " "
+
+
 def _has_long_digit_run(body: bytes) -> bool:
-    """Whether ``body`` holds ``_LONG_DIGITS`` ASCII digits in a row (vectorised, ~20 us per 40 KB)."""
+    """Whether ``body`` holds ``_LONG_DIGITS`` ASCII digits in a row (~1 us for one row, ~20 us for 100)."""
     n = len(body)
     if n < _LONG_DIGITS:
         return False
-    import numpy as np
+    if n < 8192:  # a substring search is cheapest on a small body ...
+        return b"0" * _LONG_DIGITS in body.translate(_DIGITS_TO_ZERO)
+    import numpy as np  # ... a vectorised scan on a big one (the search slows down on digit runs)
 
     d = (np.frombuffer(body, dtype=np.uint8) - np.uint8(48)) < 10  # ASCII digit
     r2 = d[:-1] & d[1:]  # a run of >= 2 digits starts here
