@@ -41,6 +41,16 @@ def outcome(fn):
         return (type(exc), str(exc))
 
 
+class _GetOnly:
+    """Has .get like a dict but is no Mapping: the row path refuses it, so must transform_rows."""
+
+    def __init__(self, data):
+        self._data = data
+
+    def get(self, key, default=None):
+        return self._data.get(key, default)
+
+
 @pytest.fixture
 def force_columnar(monkeypatch):
     monkeypatch.setattr(fitted_module, "COLUMNAR_MIN_ROWS", FORCE)
@@ -180,6 +190,7 @@ features:
         "list in c": (29, {"a": 1.0, "b": 1, "c": [1]}, FeatureTypeError, "'c'"),
         "huge int in b": (0, {"a": 1.0, "b": 10**400, "c": "x"}, FeatureTypeError, "'b'"),
         "row not a mapping": (5, ["a", 1], FeatureTypeError, "mapping"),
+        "row with get, not a mapping": (7, _GetOnly({"a": 1.0, "b": 1, "c": "x"}), FeatureTypeError, "mapping"),
     }
     for label, (index, bad, kind, named) in cases.items():
         rows = list(good)

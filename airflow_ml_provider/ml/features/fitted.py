@@ -343,7 +343,10 @@ class _RowsInput:
         self._cache: dict[tuple, Any] = {}
         self._absent: set[str] = set()
         raw: dict[str, Any] = {}
-        if columns and set(map(type, rows)) == {dict}:
+        plain = set(map(type, rows)) == {dict}
+        if not plain and not all(isinstance(r, Mapping) for r in rows):
+            raise _Fallback("a row is not a mapping")  # the row path raises naming it
+        if columns and plain:
             try:  # every key present (the usual request): one C-level pass per row, one transpose
                 if len(columns) == 1:
                     raw[columns[0]] = [r[columns[0]] for r in rows]
