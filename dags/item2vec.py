@@ -21,6 +21,14 @@ The model directory (``<storage>/runs/item2vec/<run>/train/``: ``vectors.npy``, 
 carries a fitted feature spec and is served as a scorer of feature vectors, which embeddings are
 not (see docs/pipeline.md).
 
+What to expect on the synthetic data set: a user's plays are independent draws (35 % from the
+favourite category, the rest by popularity), with no sequential pattern. The embeddings do learn
+the categories -- measured once on the demo's 60,000 events with the defaults below (training
+10 s on 2 cores), the mean cosine similarity of two items of one category is 0.57 against 0.25
+for items of different categories -- but the next-item hit rate@10 stays at the popularity
+baseline (0.032 against 0.031 over 5,321 pairs): there is no "next" to predict. On real
+histories, with sessions and series, that is the figure to watch.
+
 Locations as in ``xgboost_recommendation`` (``AIRFLOW_ML_HOME``, ``AIRFLOW_ML_SOURCE_CONN_ID``,
 ``AIRFLOW_ML_STORAGE``).
 """
@@ -69,8 +77,8 @@ with DAG(
                                description="Keep only engaged plays in the histories."),
         "seed": Param(42, type="integer", title="Seed"),
         "vector_size": Param(32, type="integer", minimum=2, maximum=1024, title="Vector size"),
-        "window": Param(5, type="integer", minimum=1, maximum=50, title="Context window"),
-        "epochs": Param(10, type="integer", minimum=1, maximum=200, title="Epochs"),
+        "window": Param(10, type="integer", minimum=1, maximum=50, title="Context window"),
+        "epochs": Param(20, type="integer", minimum=1, maximum=200, title="Epochs"),
         "min_count": Param(2, type="integer", minimum=1, title="Minimum plays per item"),
         "sg": Param(1, type="integer", enum=[0, 1], title="Skip-gram (1) or CBOW (0)"),
         "negative": Param(5, type="integer", minimum=0, maximum=50, title="Negative samples"),

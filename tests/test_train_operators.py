@@ -402,3 +402,41 @@ def test_tensorflow_dag_end_to_end_in_airflow(run_dag, tmp_path):
     assert meta["params"]["hidden_units"] == [16] and meta["params"]["epochs"] == 3 and meta["params"]["seed"] == 5
     assert (bundle.model_dir / "model.keras").is_file() and (bundle.root / "charts" / "roc.png").is_file()
     assert 0.6 < bundle.metrics["auc"] == pytest.approx(rec.metrics["auc"])
+
+
+def test_item2vec_dag_tasks_on_the_audio_data(home, monkeypatch):
+    """The item2vec DAG's own tasks (its SQL, its trigger-form defaults) in-process on the audio data set."""
+    import importlib.util
+
+    monkeypatch.setenv("AIRFLOW_ML_SOURCE_CONN_ID", "unit_train_audio")
+    spec = importlib.util.spec_from_file_location("item2vec_dag_under_test", DAGS / "item2vec.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.dag
+    params = dag.params.dump()
+    assert params["vector_size"] == 32 and params["only_listened"] is False
+    x: dict = {}
+    for task_id in ("sample", "train"):
+        task = dag.get_task(task_id)
+        c = {**ctx(x, run_id="item2vec_run", dag_id="item2vec", params=params), "dag": dag}
+        task.render_template_fields(c, jinja_env=dag.get_template_env())
+        x[task_id] = task.execute(c)
+    assert x["sample"]["rows"]["test"] == 0 and x["sample"]["rows"]["valid"] > 0
+    out = x["train"]
+    assert out["input"]["train"] == x["sample"]["train"] and out["input"]["valid"] == x["sample"]["valid"]
+    assert out["params"]["vector_size"] == 32 and out["params"]["min_count"] == 2 and out["params"]["window"] == 10
+    ev = out["evaluation"]
+    # the synthetic plays have no sequential pattern: the hit rate is measured, not expected to beat popularity
+    assert ev["pairs"] > 100 and 0 < ev["hit_rate"] < 0.5 and 0 < ev["popularity_hit_rate"] < 0.5, ev
+
+    # items of one category (users favour one) are nearer to each other than to other items
+    import sqlite3
+
+    from airflow_ml_provider.ml.trainers import load_predictor
+
+    p = load_predictor("word2vec", out["uri"])
+    category = dict(sqlite3.connect(home / "audio.db").execute("SELECT item_id, category_id FROM audio_items"))
+    cats = np.array([category[int(i)] for i in p.items])
+    sims = p.unit @ p.unit.T
+    same = (cats[:, None] == cats[None, :]) & ~np.eye(len(cats), dtype=bool)
+    assert sims[same].mean() > sims[cats[:, None] != cats[None, :]].mean() + 0.1
