@@ -135,6 +135,20 @@ def test_long_digit_run_detection(body):
     assert app_module._has_long_digit_run(body) == bool(re.search(rb"[0-9]{19}", body))
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(width=32) | st.lists(st.floats(width=32), min_size=2, max_size=3), max_size=20))
+def test_prediction_responses_read_back_the_same(predictions):
+    """orjson's response text reads back to json's values bit for bit (NaN and infinity as null)."""
+    fast = app_module._dumps_predictions(predictions, 7)
+    saved = app_module._orjson
+    app_module._orjson = None
+    try:
+        slow = app_module._dumps_predictions(predictions, 7)
+    finally:
+        app_module._orjson = saved
+    assert _same(json.loads(fast), json.loads(slow))
+
+
 # --------------------------------------------------------------------------------------------------
 # The service
 # --------------------------------------------------------------------------------------------------
