@@ -36,7 +36,7 @@ from typing import Any
 from airflow.sdk import DAG, Param
 
 from airflow_ml_provider.disabled_tasks import disabled_tasks_param
-from airflow_ml_provider.ml.datasets.audio import TRAINING_QUERY
+from airflow_ml_provider.ml.datasets import SQL_DIR
 from airflow_ml_provider.operators.evaluate import EvaluateOperator
 from airflow_ml_provider.operators.preprocess import PreprocessOperator
 from airflow_ml_provider.operators.publish import PublishModelOperator
@@ -120,6 +120,7 @@ def recommendation_dag(framework: str) -> DAG:
     model_name = f"{MODEL_NAME}_{framework}"
     with DAG(
         dag_id=f"{framework}_recommendation",
+        template_searchpath=[SQL_DIR],  # audio_training.sql
         description=f"sample -> preprocess -> train -> evaluate -> publish ({description}, listened > 30 s)",
         schedule=None,
         start_date=datetime(2024, 1, 1),
@@ -144,7 +145,7 @@ def recommendation_dag(framework: str) -> DAG:
         sample = SampleOperator(
             task_id="sample",
             conn_id=SOURCE_CONN_ID,
-            sql=TRAINING_QUERY,
+            sql="audio_training.sql",  # in SQL_DIR (template_searchpath)
             parameters={"start_ts": "{{ params.min_event_ts }}"},
             ratio="{{ params.sample_ratio }}",
             seed="{{ params.seed }}",

@@ -33,7 +33,7 @@ from datetime import datetime
 from airflow.sdk import DAG, Param
 
 from airflow_ml_provider.disabled_tasks import disabled_tasks_param
-from airflow_ml_provider.ml.datasets.audio import TRAINING_QUERY
+from airflow_ml_provider.ml.datasets import SQL_DIR
 from airflow_ml_provider.operators.evaluate import EvaluateOperator
 from airflow_ml_provider.operators.preprocess import PreprocessOperator
 from airflow_ml_provider.operators.publish import PublishModelOperator
@@ -54,6 +54,7 @@ if SOURCE_CONN_ID == "ml_audio_sqlite":
 
 with DAG(
     dag_id="xgboost_recommendation",
+    template_searchpath=[SQL_DIR],  # audio_training.sql
     description="sample -> preprocess -> train -> evaluate -> publish (XGBoost, listened > 30 s)",
     schedule=None,
     start_date=datetime(2024, 1, 1),
@@ -86,7 +87,7 @@ with DAG(
     sample = SampleOperator(
         task_id="sample",
         conn_id=SOURCE_CONN_ID,
-        sql=TRAINING_QUERY,
+        sql="audio_training.sql",  # in SQL_DIR (template_searchpath)
         parameters={"start_ts": "{{ params.min_event_ts }}"},
         ratio="{{ params.sample_ratio }}",
         seed="{{ params.seed }}",

@@ -22,46 +22,19 @@ import math
 import os
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["AudioDatasetSize", "TRAINING_QUERY", "TABLES", "generate_tables", "load_audio_dataset"]
 
-# A portable (SQLite / MySQL / Postgres) query producing one training row per play event.
-# Bound parameter :start_ts (named style, bound by SQLAlchemy) limits the events used.
-TRAINING_QUERY = """
-SELECT
-    e.event_id,
-    e.user_id,
-    e.event_ts,
-    e.hour AS hour_of_day,
-    e.source AS play_source,
-    e.network,
-    u.age AS user_age,
-    u.gender AS user_gender,
-    u.city AS user_city,
-    u.device AS user_device,
-    u.is_vip AS user_is_vip,
-    i.category_id AS item_category,
-    c.parent AS item_parent_category,
-    i.duration_s AS item_duration_s,
-    i.is_paid AS item_is_paid,
-    (e.event_ts - i.published_ts) / 86400.0 AS item_age_days,
-    h.followers AS host_followers,
-    h.level AS host_level,
-    h.verified AS host_verified,
-    CASE WHEN u.favorite_category_id = i.category_id THEN 1 ELSE 0 END AS user_item_category_match,
-    e.listened_30s AS label
-FROM play_events e
-JOIN users u ON u.user_id = e.user_id
-JOIN audio_items i ON i.item_id = e.item_id
-JOIN hosts h ON h.host_id = i.host_id
-JOIN categories c ON c.category_id = i.category_id
-WHERE e.event_ts >= :start_ts
-""".strip()
+# A portable (SQLite / MySQL / Postgres) query producing one training row per play event, kept in
+# audio_training.sql beside this module so that DAGs can use the file (template_searchpath=[SQL_DIR])
+# without importing this module. Bound parameter :start_ts limits the events used.
+TRAINING_QUERY_FILE = "audio_training.sql"
+TRAINING_QUERY = (Path(__file__).with_name(TRAINING_QUERY_FILE)).read_text(encoding="utf-8").strip()
 
 _PARENTS = {
     "knowledge": ["history", "science", "business", "language"],
@@ -95,8 +68,10 @@ TABLES = {
 }
 
 
-@dataclass(frozen=True)
-class AudioDatasetSize:
+class AudioDatasetSize(NamedTuple):
+    """How many rows of each table (immutable; a NamedTuple: cheaper to define than a dataclass, which
+    matters because the example DAG file imports this module)."""
+
     users: int = 3_000
     items: int = 1_200
     hosts: int = 300
