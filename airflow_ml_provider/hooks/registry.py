@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
+from airflow_ml_provider.ml.connections import ConnectionEnvError, parse_connection_env
 from airflow_ml_provider.ml.registry import (
     ModelRegistry,
     RegistryError,
@@ -56,46 +56,11 @@ def connection_url(conn: Any) -> sa.engine.URL:
 
 def _url_from_env_value(conn_id: str, value: str) -> sa.engine.URL:
     """Parse an ``AIRFLOW_CONN_<ID>`` value (Airflow URI or JSON form)."""
-    value = value.strip()
-    if value.startswith("{"):
-        try:
-            data = json.loads(value)
-        except ValueError as exc:
-            raise RegistryError(f"AIRFLOW_CONN_{conn_id.upper()} is not valid JSON: {exc}") from None
-        extra = data.get("extra") or {}
-        if isinstance(extra, str):
-            try:
-                extra = json.loads(extra) if extra else {}
-            except ValueError:
-                raise RegistryError(f"AIRFLOW_CONN_{conn_id.upper()}: 'extra' is not valid JSON") from None
-        return url_from_connection(
-            data.get("conn_type"),
-            host=data.get("host"),
-            login=data.get("login"),
-            password=data.get("password"),
-            schema=data.get("schema"),
-            port=data.get("port"),
-            extra=extra,
-        )
-    parts = urlsplit(value)
-    if not parts.scheme:
-        raise RegistryError(f"AIRFLOW_CONN_{conn_id.upper()} is neither a connection URI nor JSON")
-    extra: dict[str, Any] = dict(parse_qsl(parts.query))
-    if "__extra__" in extra:
-        try:
-            extra = json.loads(extra["__extra__"])
-        except ValueError:
-            raise RegistryError(f"AIRFLOW_CONN_{conn_id.upper()}: '__extra__' is not valid JSON") from None
-    path = unquote(parts.path)
-    return url_from_connection(
-        parts.scheme.replace("-", "_"),
-        host=unquote(parts.hostname) if parts.hostname else None,
-        login=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        schema=path[1:] if path.startswith("/") else path or None,
-        port=parts.port,
-        extra=extra,
-    )
+    try:
+        fields = parse_connection_env(conn_id, value)
+    except ConnectionEnvError as exc:
+        raise RegistryError(str(exc)) from None
+    return url_from_connection(fields.pop("conn_type"), **fields)
 
 
 def _airflow_connection(conn_id: str) -> Any:

@@ -21,7 +21,6 @@ name the URI with any password masked.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import posixpath
 import re
@@ -29,7 +28,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
+
+from airflow_ml_provider.ml.connections import ConnectionEnvError, env_connection
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -103,9 +104,13 @@ def webhdfs_options_from_connection(conn_id: str) -> dict[str, Any]:
     ``AIRFLOW_CONN_<CONN_ID>`` (URI or JSON) is read directly; otherwise Airflow resolves the
     connection (its secrets backends, then the metastore).
     """
-    env = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
-    if env:
-        host, port, login, password, extra = _parse_conn_env(env)
+    try:
+        fields = env_connection(conn_id)
+    except ConnectionEnvError as exc:
+        raise StorageError(str(exc)) from None
+    if fields:
+        host, port, login, password = fields["host"], fields["port"], fields["login"], fields["password"]
+        extra = fields["extra"]
     else:
         try:
             from airflow.sdk import BaseHook  # the Airflow side: imported only for conn-id URIs
@@ -129,25 +134,6 @@ def webhdfs_options_from_connection(conn_id: str) -> dict[str, Any]:
     if str(extra.get("use_kerberos", "false")).lower() in ("1", "true", "yes"):
         options["kerberos"] = True
     return options
-
-
-def _parse_conn_env(value: str) -> tuple[str | None, int | None, str | None, str | None, dict[str, Any]]:
-    value = value.strip()
-    if value.startswith("{"):
-        data = json.loads(value)
-        extra = data.get("extra") or {}
-        if isinstance(extra, str):
-            extra = json.loads(extra) if extra else {}
-        return data.get("host"), data.get("port"), data.get("login"), data.get("password"), extra
-    p = urlsplit(value)
-    extra = dict(parse_qsl(p.query))
-    return (
-        p.hostname,
-        p.port,
-        unquote(p.username) if p.username else None,
-        unquote(p.password) if p.password else None,
-        extra,
-    )
 
 
 def join(uri: Any, *parts: str) -> str:
