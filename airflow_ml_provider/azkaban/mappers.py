@@ -14,6 +14,7 @@ Pure: no Airflow import.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class TaskPlan:
     condition: str | None = None
     ref_prefix: str | None = None  # for conditions moved onto the first jobs of an embedded flow
     source_file: str = ""
+    job_dir: str = ""  # the defining file's directory, relative to the project root
 
 
 @dataclass
@@ -287,6 +289,7 @@ def _map_group(
                 inherited=_clean(node.inherited_props),
                 condition=condition or None,
                 source_file=node.source_file,
+                job_dir=posixpath.dirname(node.source_file),
             )
         )
     mapped = {m.name for m in group.members}

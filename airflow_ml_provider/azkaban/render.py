@@ -142,6 +142,8 @@ def render_dag(plan: DagPlan, resource_dir: str) -> str:
                 args.append(f"condition={py_literal(member.condition)}")
             if member.ref_prefix is not None:
                 args.append(f"condition_scope={py_literal(member.ref_prefix)}")
+            if member.job_dir:
+                args.append(f"job_dir={py_literal(member.job_dir)}")
             body.append(f"{indent}{var} = job({', '.join(args)})")
         by_up: dict[str, list[str]] = {}
         for up, down in group.edges:

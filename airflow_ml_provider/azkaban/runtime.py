@@ -221,6 +221,15 @@ class AzkabanJobOperator(BaseOperator):
     :param flow_id: the Azkaban flow id (used when the run has no dag_id).
     :param condition_scope: the task-id prefix of the jobs that ``${job:param}`` in the condition
         names (default: this task's own group); set for a condition moved from an embedding node.
+    :param job_name: the ORIGINAL Azkaban job name (it may hold dots or other characters that the
+        task id had to replace); used for ``JOB_NAME``, ``${azkaban.job.id}``, file names and
+        messages. Default: the last part of the task id.
+    :param job_dir: the directory of the job's ``.job`` file (Flow 1.0) or of its ``.flow`` file
+        (Flow 2.0), relative to ``project_dir`` (``""`` = the project root).
+    :param timezone: the IANA time zone of the Azkaban server / schedule (``--timezone``): the
+        ``azkaban.flow.start.*`` built-ins are computed in it.
+    :param job_ids: task ids of the sibling jobs named by the condition, by job name, for the names
+        that had to be changed to be valid task ids.
     """
 
     template_fields = ()
@@ -239,10 +248,18 @@ class AzkabanJobOperator(BaseOperator):
         project: str = "",
         flow_id: str = "",
         condition_scope: str | None = None,
+        job_name: str | None = None,
+        job_dir: str = "",
+        timezone: str = "UTC",
+        job_ids: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.condition_scope = condition_scope
+        self._job_name = job_name
+        self.job_dir = job_dir or ""
+        self.timezone = timezone or "UTC"
+        self.job_ids = dict(job_ids or {})
         self.job_type = job_type
         self.props = dict(props or {})
         self.inherited = dict(inherited or {})
@@ -256,13 +273,16 @@ class AzkabanJobOperator(BaseOperator):
     # -- helpers -----------------------------------------------------------------------------
     @property
     def job_name(self) -> str:
-        return self.task_id.rsplit(".", 1)[-1]
+        """The original Azkaban job name (not the task id, which may differ)."""
+        return self._job_name or self.task_id.rsplit(".", 1)[-1]
 
     def _sibling_task_id(self, job: str) -> str:
+        ident = self.job_ids.get(job, job)
         if self.condition_scope is not None:
-            return self.condition_scope + job
+            return self.condition_scope + ident
+        # task ids hold no dots of their own (the migration replaces them): the prefix is the group's
         prefix = self.task_id.rsplit(".", 1)[0] + "." if "." in self.task_id else ""
-        return prefix + job
+        return prefix + ident
 
     def _parent_states(self, context: Mapping[str, Any]) -> dict[str, str]:
         parents = sorted(self.upstream_task_ids)
@@ -489,6 +509,8 @@ def job(
     *,
     inherited: Mapping[str, str] | None = None,
     condition: str | None = None,
+    job_name: str | None = None,
+    job_dir: str = "",
     **kwargs: Any,
 ) -> BaseOperator:
     """Create the task for one Azkaban job (used by generated DAG files).
@@ -525,6 +547,8 @@ def job(
         props=props,
         inherited=inherited,
         condition=condition or None,
+        job_name=job_name,
+        job_dir=job_dir,
         **kwargs,
     )
 
@@ -545,10 +569,12 @@ def flow_dag_args(
     project_dir: str | os.PathLike[str],
     flow_props: Mapping[str, str] | None = None,
     disabled: Sequence[str] = (),
+    timezone: str = "UTC",
 ) -> dict[str, Any]:
     """DAG keyword arguments shared by every migrated flow.
 
     :param disabled: the schedule's ``disabledJobs``: the default of the ``disabled_tasks`` param.
+    :param timezone: the flow's time zone (``--timezone``), given to every task.
     """
     return {
         "params": {"disabled_tasks": disabled_tasks_param(disabled)},
@@ -557,6 +583,7 @@ def flow_dag_args(
             "project": project,
             "flow_id": flow_id,
             "flow_props": dict(flow_props or {}),
+            "timezone": timezone or "UTC",
         },
         "catchup": False,
         "tags": ["azkaban", project] if project else ["azkaban"],
