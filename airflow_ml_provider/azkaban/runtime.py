@@ -34,6 +34,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_ml_provider.azkaban.expansion import ExpansionError, expand_all
 from airflow_ml_provider.disabled_tasks import disabled_tasks_param, skip_if_disabled
 
 __all__ = [
@@ -48,11 +49,10 @@ __all__ = [
 
 #: Airflow task state -> the Azkaban status a condition macro sees
 _STATE_TO_AZKABAN = {"success": "SUCCEEDED", "skipped": "CANCELLED"}
-_VAR = re.compile(r"\$\{([^${}]+)\}")
 
 
-class JobPropertyError(ValueError):
-    """A property that cannot be resolved (undefined or circular ``${...}``)."""
+#: a property that cannot be resolved (undefined, circular, too deep or too large ``${...}``)
+JobPropertyError = ExpansionError
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -96,41 +96,13 @@ def command_lines(props: Mapping[str, str]) -> list[str]:
 def resolve_props(layers: Sequence[Mapping[str, Any]], *, job: str = "") -> dict[str, str]:
     """Merge ``layers`` (lowest precedence first) and resolve ``${name}`` in every value.
 
-    References are resolved recursively against the merged map, as Azkaban's ``PropsUtils`` does.
+    References are resolved recursively against the merged map, as Azkaban's ``PropsUtils`` does,
+    within the depth and size limits of :func:`~airflow_ml_provider.azkaban.expansion.expand_all`.
 
-    :raises JobPropertyError: an undefined variable or a circular reference; the message names
-        the job, the key and the variable.
+    :raises JobPropertyError: an undefined variable, a circular reference, or a value nesting too
+        deep / expanding too large; the message names the job and the key.
     """
-    merged: dict[str, str] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            merged[str(key)] = "" if value is None else str(value)
-    resolved: dict[str, str] = {}
-
-    def resolve(key: str, stack: tuple[str, ...]) -> str:
-        if key in resolved:
-            return resolved[key]
-        value = merged[key]
-
-        def repl(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name in stack or name == key:
-                chain = " -> ".join((*stack, key, name))
-                raise JobPropertyError(f"job {job!r}: circular property reference {chain}")
-            if name not in merged:
-                raise JobPropertyError(
-                    f"job {job!r}: property {key!r} = {merged[key]!r}: could not find a value for "
-                    f"variable ${{{name}}}"
-                )
-            return resolve(name, (*stack, key))
-
-        out = _VAR.sub(repl, value)
-        resolved[key] = out
-        return out
-
-    for key in merged:
-        resolve(key, ())
-    return resolved
+    return expand_all(layers, job=job)
 
 
 def builtin_props(context: Mapping[str, Any], *, flow_id: str, project: str, task_id: str) -> dict[str, str]:
