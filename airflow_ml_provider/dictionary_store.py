@@ -22,10 +22,8 @@ import contextlib
 import datetime as _dt
 import getpass
 import json
-import math
 import os
 import re
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +32,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
-from airflow_ml_provider.ml.dburl import mask_url
+from airflow_ml_provider.ml import db
+from airflow_ml_provider.ml.db import mask_url
 
 __all__ = [
     "DEFAULT_TABLE",
@@ -72,7 +71,7 @@ MAX_VALUE_BYTES = 65_535
 MAX_DESCRIPTION_CHARS = 4_000
 MAX_USER_CHARS = 128
 #: A lookup must never hang: the connect timeout is capped at this many seconds.
-MAX_CONNECT_TIMEOUT = 5.0
+MAX_CONNECT_TIMEOUT = db.MAX_CONNECT_TIMEOUT
 DEFAULT_QUERY_TIMEOUT = 10.0
 #: Longest table name: the history table and its index names must stay within MySQL's 64.
 MAX_TABLE_NAME = 48
@@ -203,34 +202,6 @@ def _default_user() -> str:
 # engines and URLs
 
 
-def _timeout_connect_args(url: URL, connect_timeout: float, query_timeout: float) -> dict[str, Any]:
-    backend = url.get_backend_name()
-    driver = url.get_driver_name()
-    if backend in ("mysql", "mariadb"):
-        if driver == "pymysql":
-            return {
-                "connect_timeout": connect_timeout,
-                "read_timeout": query_timeout,
-                "write_timeout": query_timeout,
-            }
-        if driver in ("mysqldb", "mysqlclient"):
-            return {
-                "connect_timeout": max(1, math.ceil(connect_timeout)),
-                "read_timeout": max(1, math.ceil(query_timeout)),
-                "write_timeout": max(1, math.ceil(query_timeout)),
-            }
-        if driver == "mysqlconnector":
-            return {"connection_timeout": max(1, math.ceil(connect_timeout))}
-        return {}
-    if backend == "postgresql":
-        if driver in ("psycopg2", "psycopg"):
-            return {"connect_timeout": max(1, math.ceil(connect_timeout))}
-        return {}
-    if backend == "sqlite":
-        return {"timeout": connect_timeout}
-    return {}
-
-
 def create_engine(
     url: str | URL,
     *,
@@ -239,53 +210,17 @@ def create_engine(
     pooled: bool = True,
 ) -> sa.Engine:
     """An engine whose connections time out: connecting after ``connect_timeout`` (<= 5 s) and,
-    where the driver allows, reading or writing after ``query_timeout`` seconds."""
-    if not isinstance(connect_timeout, (int, float)) or not 0 < connect_timeout <= MAX_CONNECT_TIMEOUT:
-        raise DictionaryValidationError(
-            f"connect_timeout must be > 0 and <= {MAX_CONNECT_TIMEOUT:g} seconds, got {connect_timeout!r}"
-        )
-    if not isinstance(query_timeout, (int, float)) or query_timeout <= 0:
-        raise DictionaryValidationError(f"query_timeout must be > 0 seconds, got {query_timeout!r}")
+    where the driver allows, reading or writing after ``query_timeout`` seconds
+    (:func:`airflow_ml_provider.ml.db.create_engine`)."""
     try:
-        parsed = make_url(url) if not isinstance(url, URL) else url
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError / ValueError
-        raise DictionaryValidationError(f"invalid SQLAlchemy URL {mask_url(url)!r}: {exc}") from None
-    kwargs: dict[str, Any] = {
-        "connect_args": _timeout_connect_args(parsed, float(connect_timeout), float(query_timeout))
-    }
-    if pooled:
-        kwargs["pool_pre_ping"] = True
-    else:
-        kwargs["poolclass"] = sa.pool.NullPool
-    try:
-        return sa.create_engine(parsed, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - e.g. the driver is not installed
-        raise DictionaryValidationError(f"cannot use database {mask_url(parsed)}: {exc}") from None
+        return db.create_engine(url, connect_timeout=connect_timeout, query_timeout=query_timeout, pooled=pooled)
+    except db.DatabaseURLError as exc:
+        raise DictionaryValidationError(str(exc).replace("not a valid SQLAlchemy URL", "invalid SQLAlchemy URL")) \
+            from None
 
 
 # --------------------------------------------------------------------------------------------
 # tables
-
-
-def _key_type() -> sa.types.TypeEngine:
-    from sqlalchemy.dialects import mysql as _mysql  # imported when tables are built, not on import
-
-    # Case-sensitive keys on MySQL/MariaDB (the default collations there are case-insensitive).
-    return sa.String(MAX_KEY_LENGTH).with_variant(
-        _mysql.VARCHAR(MAX_KEY_LENGTH, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
-    )
-
-
-def _text_type() -> sa.types.TypeEngine:
-    from sqlalchemy.dialects import mysql as _mysql
-
-    return sa.Text().with_variant(_mysql.TEXT(charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
-
-
-def _timestamp_type() -> sa.types.TypeEngine:
-    from sqlalchemy.dialects import mysql as _mysql
-
-    return sa.DateTime().with_variant(_mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def build_tables(
@@ -294,31 +229,29 @@ def build_tables(
     """The dictionary table and its history table, ``<table>_history``."""
     table = validate_table_name(table)
     metadata = metadata if metadata is not None else sa.MetaData()
-    mysql_opts = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
+    mysql_opts = db.MYSQL_TABLE_KW
     main = sa.Table(
         table,
         metadata,
-        sa.Column("key", _key_type(), primary_key=True, quote=True),
-        sa.Column("value", _text_type(), nullable=False),
-        sa.Column("description", _text_type(), nullable=True),
-        sa.Column("updated_at", _timestamp_type(), nullable=False),
+        sa.Column("key", db.utf8_bin_string(MAX_KEY_LENGTH), primary_key=True, quote=True),
+        sa.Column("value", db.utf8_bin_text(), nullable=False),
+        sa.Column("description", db.utf8_bin_text(), nullable=True),
+        sa.Column("updated_at", db.datetime6(), nullable=False),
         sa.Column("updated_by", sa.String(MAX_USER_CHARS), nullable=True),
         **mysql_opts,
     )
     history = sa.Table(
         f"{table}_history",
         metadata,
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
-        ),
-        sa.Column("key", _key_type(), nullable=False, quote=True),
+        sa.Column("id", db.big_id(), primary_key=True, autoincrement=True),
+        sa.Column("key", db.utf8_bin_string(MAX_KEY_LENGTH), nullable=False, quote=True),
         sa.Column("action", sa.String(16), nullable=False),
-        sa.Column("old_value", _text_type(), nullable=True),
-        sa.Column("new_value", _text_type(), nullable=True),
-        sa.Column("old_description", _text_type(), nullable=True),
-        sa.Column("new_description", _text_type(), nullable=True),
+        sa.Column("old_value", db.utf8_bin_text(), nullable=True),
+        sa.Column("new_value", db.utf8_bin_text(), nullable=True),
+        sa.Column("old_description", db.utf8_bin_text(), nullable=True),
+        sa.Column("new_description", db.utf8_bin_text(), nullable=True),
         sa.Column("changed_by", sa.String(MAX_USER_CHARS), nullable=True),
-        sa.Column("changed_at", _timestamp_type(), nullable=False),
+        sa.Column("changed_at", db.datetime6(), nullable=False),
         sa.Index(f"ix_{table}_history_key", "key", "id"),
         **mysql_opts,
     )
@@ -418,35 +351,22 @@ KEEP = _Keep()
 # the store
 
 
-def _is_missing_table(exc: BaseException) -> bool:
-    text = str(getattr(exc, "orig", exc)).lower()
-    return "no such table" in text or "doesn't exist" in text or "does not exist" in text or "1146" in text
-
-
-def _is_write_conflict(exc: BaseException) -> bool:
-    """A concurrent writer got there first: duplicate key, InnoDB deadlock or lock wait timeout."""
-    if isinstance(exc, sa.exc.IntegrityError):
-        return True
-    args = getattr(getattr(exc, "orig", None), "args", ())
-    return bool(args) and args[0] in (1205, 1213)
-
-
 class _WriteConflict(Exception):
-    """Internal: retry the write transaction."""
+    """Internal: a concurrent writer got there first (duplicate key, deadlock, lock wait): retry."""
 
 
-def _retrying(fn, doing: str, database: str, attempts: int = 5):
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except _WriteConflict as exc:
-            if attempt == attempts - 1:
-                raise DictionaryError(
-                    f"{doing}: gave up after {attempts} attempts because of concurrent changes in {database} "
-                    f"({exc.__cause__})"
-                ) from None
-            time.sleep(0.01 * (attempt + 1))
-    raise AssertionError("unreachable")  # pragma: no cover
+#: How many times a write transaction is tried when concurrent writers collide.
+WRITE_ATTEMPTS = 5
+
+
+def _retrying(fn, doing: str, database: str):
+    try:
+        return db.retry(fn, on=(), when=lambda exc: isinstance(exc, _WriteConflict), attempts=WRITE_ATTEMPTS)
+    except _WriteConflict as exc:
+        raise DictionaryError(
+            f"{doing}: gave up after {WRITE_ATTEMPTS} attempts because of concurrent changes in {database} "
+            f"({exc.__cause__})"
+        ) from None
 
 
 class DictionaryStore:
@@ -488,24 +408,25 @@ class DictionaryStore:
     # -- connections ------------------------------------------------------------------------
 
     def _unavailable(self, exc: BaseException, doing: str) -> DictionaryUnavailableError:
-        orig = getattr(exc, "orig", None) or exc
-        detail = str(orig).replace(str(self.engine.url.password or "\0"), "***")
+        orig = db.driver_error(exc)
+        detail = db.scrub(str(orig), self.engine.url)
         return DictionaryUnavailableError(
             f"dictionary database {self.database} unavailable while {doing}: {type(orig).__name__}: {detail}",
             database=self.database,
         )
 
     @contextmanager
-    def _begin(self, doing: str) -> Iterator[sa.Connection]:
+    def _begin(self, doing: str, *, write: bool = False) -> Iterator[sa.Connection]:
         try:
             with self.engine.begin() as conn:
                 yield conn
         except DictionaryError:
             raise
         except sa.exc.DBAPIError as exc:
-            if _is_write_conflict(exc):
-                raise _WriteConflict() from exc
-            if _is_missing_table(exc):
+            kind = db.classify(exc)
+            if write and kind in (db.CONFLICT, db.LOCKED, db.DISCONNECTED):
+                raise _WriteConflict() from exc  # retried by _retrying (set/import are idempotent)
+            if kind == db.MISSING_TABLE:
                 raise DictionaryTableMissing(
                     f"dictionary table {self.table_name!r} not found in {self.database}: "
                     "create it with `airflow-ml dictionary init`"
@@ -623,7 +544,7 @@ class DictionaryStore:
         user = _validate_user(updated_by)
 
         def attempt() -> Change:
-            with self._begin(f"setting key {key!r}") as conn:
+            with self._begin(f"setting key {key!r}", write=True) as conn:
                 return self._set(conn, key, value, description, user, _utcnow())
 
         return _retrying(attempt, f"setting key {key!r}", self.database)
@@ -683,7 +604,7 @@ class DictionaryStore:
 
     def _delete(self, key: str, user: str) -> Entry | None:
         t, h = self.table, self.history_table
-        with self._begin(f"deleting key {key!r}") as conn:
+        with self._begin(f"deleting key {key!r}", write=True) as conn:
             row = conn.execute(sa.select(t).where(t.c.key == key).with_for_update()).first()
             if row is None:
                 return None
@@ -727,7 +648,7 @@ class DictionaryStore:
         def attempt() -> ImportResult:
             result = ImportResult([], [], [])
             now = _utcnow()
-            with self._begin(f"importing {source}") as conn:
+            with self._begin(f"importing {source}", write=True) as conn:
                 for key, (value, description) in checked.items():
                     change = self._set(conn, key, value, description, user, now)
                     getattr(result, change.action).append(key)
@@ -819,11 +740,10 @@ def load_snapshot(
     table = validate_table_name(table)
     parsed = url if isinstance(url, URL) else make_url(url)
     database = mask_url(parsed)
-    password = parsed.password
     try:
         direct = _direct_connect(parsed, connect_timeout, query_timeout)
     except Exception as exc:  # noqa: BLE001 - the driver's connect errors (refused, timeout, auth)
-        detail = str(exc).replace(str(password), "***") if password else str(exc)
+        detail = db.scrub(str(exc), parsed)
         raise DictionaryUnavailableError(
             f"dictionary database {database} unavailable while loading the dictionary: "
             f"{type(exc).__name__}: {detail}",
@@ -849,9 +769,9 @@ def load_snapshot(
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     except Exception as exc:  # noqa: BLE001 - DBAPI errors differ per driver
-        if _is_missing_table(exc):
+        if db.is_missing_table(exc):
             raise DictionaryTableMissing(f"dictionary table {table!r} not found in {database}") from None
-        detail = str(exc).replace(str(password), "***") if password else str(exc)
+        detail = db.scrub(str(exc), parsed)
         raise DictionaryUnavailableError(
             f"dictionary database {database} unavailable while loading the dictionary: "
             f"{type(exc).__name__}: {detail}",

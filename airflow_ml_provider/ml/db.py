@@ -437,21 +437,24 @@ def retry(
     fn: Callable[[], T],
     *,
     on: Iterable[str] = (LOCKED,),
+    when: Callable[[BaseException], bool] | None = None,
     attempts: int = 5,
     wait_seconds: float = 0.02,
     max_wait_seconds: float = 1.0,
     before_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
     """Call ``fn()``; when it raises an error that :func:`classify` puts in ``on``, call it again,
-    up to ``attempts`` times in all, with a jittered exponential wait. The last error is re-raised
-    as it is; any other error at once. ``before_retry(exc)`` runs before each new attempt (e.g. to
-    create a missing table)."""
+    up to ``attempts`` times in all, with a jittered exponential wait. ``when(exc)``, if given, also
+    makes an error retryable. The last error is re-raised as it is; any other error at once.
+    ``before_retry(exc)`` runs before each new attempt (e.g. to create a missing table)."""
     import tenacity
 
     kinds = frozenset(on)
 
     def retryable(exc: BaseException) -> bool:
-        return isinstance(exc, Exception) and classify(exc) in kinds
+        if not isinstance(exc, Exception):
+            return False
+        return (when is not None and when(exc)) or classify(exc) in kinds
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         if before_retry is not None and state.outcome is not None:

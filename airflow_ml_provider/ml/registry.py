@@ -28,16 +28,15 @@ import datetime as _dt
 import json
 import math
 import re
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import mysql as _mysql
 
-from airflow_ml_provider.ml.dburl import mask_url
+from airflow_ml_provider.ml import db
+from airflow_ml_provider.ml.db import mask_url
 
 __all__ = [
     "ModelRecord",
@@ -61,8 +60,10 @@ ACTION_ROLLBACK = "rollback"
 
 #: Model names: a letter or digit, then letters, digits, ``_``, ``-`` and ``.`` (no ``..``), <= 128.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-_MYSQL_CONNECT_TIMEOUT = 5
 _MAX_ATTEMPTS = 12
+#: What a write retries on (a read also retries once on a dropped connection); see ml/db.py.
+_WRITE_RETRY_ON = (db.LOCKED, db.CONFLICT, db.MISSING_TABLE)
+_READ_RETRY_ON = (db.LOCKED, db.DISCONNECTED)
 
 
 class RegistryError(Exception):
@@ -79,70 +80,21 @@ class UnknownModelError(RegistryError, LookupError):
 
 
 def normalize_url(url: str | sa.engine.URL) -> sa.engine.URL:
-    """Parse a SQLAlchemy URL; ``mysql://`` and ``mariadb://`` become ``mysql+pymysql://``.
-
-    MySQL URLs get ``charset=utf8mb4`` unless they name a charset.
-    """
-    if isinstance(url, str):
-        text = url.strip()
-        if not text:
-            raise RegistryError("empty registry URL")
-        try:
-            parsed = sa.engine.make_url(text)
-        except Exception as exc:  # noqa: BLE001 - ArgumentError, ValueError...
-            raise RegistryError(
-                f"not a valid SQLAlchemy URL: {mask_url(text)!r} ({exc.__class__.__name__})"
-            ) from None
-    else:
-        parsed = url
-    if parsed.drivername in ("mysql", "mariadb", "mariadb+pymysql"):
-        parsed = parsed.set(drivername="mysql+pymysql")
-    if parsed.get_backend_name() in ("mysql", "mariadb") and "charset" not in parsed.query:
-        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-    return parsed
+    """Parse a SQLAlchemy URL (:func:`airflow_ml_provider.ml.db.normalize_url`): ``mysql://`` and
+    ``mariadb://`` become ``mysql+pymysql://`` with ``charset=utf8mb4``."""
+    try:
+        return db.normalize_url(url)
+    except db.DatabaseURLError as exc:
+        raise RegistryError(str(exc).replace("database URL", "registry URL")) from None
 
 
-def url_from_connection(
-    conn_type: str | None,
-    *,
-    host: str | None = None,
-    login: str | None = None,
-    password: str | None = None,
-    schema: str | None = None,
-    port: int | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> sa.engine.URL:
-    """Turn the fields of an Airflow-style connection into a SQLAlchemy URL.
-
-    * ``extra["sqlalchemy_url"]`` (any conn type) wins;
-    * ``mysql`` / ``mariadb`` / ``ml_registry``: ``mysql+pymysql://login:password@host:port/schema``;
-    * ``sqlite``: the database file is ``host`` (Airflow's convention) or else ``schema``;
-      an empty path means an in-memory database.
-    """
-    extra = dict(extra or {})
-    if extra.get("sqlalchemy_url"):
-        return normalize_url(str(extra["sqlalchemy_url"]))
-    kind = (conn_type or "").lower().replace("-", "_")
-    if kind in ("mysql", "mariadb", "mysql+pymysql", "ml_registry"):
-        query = {"charset": str(extra.get("charset") or "utf8mb4")}
-        if extra.get("unix_socket"):
-            query["unix_socket"] = str(extra["unix_socket"])
-        return sa.engine.URL.create(
-            "mysql+pymysql",
-            username=login or None,
-            password=password or None,
-            host=host or "localhost",
-            port=int(port) if port else None,
-            database=schema or None,
-            query=query,
-        )
-    if kind == "sqlite":
-        path = host or schema or ""
-        return sa.engine.URL.create("sqlite", database=path or None)
-    raise RegistryError(
-        f"connection type {conn_type!r} is not supported for the model registry "
-        "(use a mysql or sqlite connection, or put 'sqlalchemy_url' in the connection extra)"
-    )
+def url_from_connection(conn_type: str | None, **fields: Any) -> sa.engine.URL:
+    """The registry's URL from Airflow-style connection fields (see
+    :func:`airflow_ml_provider.ml.db.url_from_connection`)."""
+    try:
+        return db.url_from_connection(conn_type, what="the model registry", **fields)
+    except db.DatabaseURLError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def validate_model_name(name: Any) -> str:
@@ -283,24 +235,6 @@ def _from_db_time(value: Any) -> _dt.datetime | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _datetime6() -> sa.types.TypeEngine:
-    return sa.DateTime().with_variant(_mysql.DATETIME(fsp=6), "mysql", "mariadb")
-
-
-def _long_text() -> sa.types.TypeEngine:
-    return sa.Text().with_variant(_mysql.MEDIUMTEXT(), "mysql", "mariadb")
-
-
-_MYSQL_TABLE_KW = {
-    "mysql_engine": "InnoDB",
-    "mysql_charset": "utf8mb4",
-    "mysql_collate": "utf8mb4_bin",
-    "mariadb_engine": "InnoDB",
-    "mariadb_charset": "utf8mb4",
-    "mariadb_collate": "utf8mb4_bin",
-}
-
-
 def build_metadata(table_prefix: str = "") -> tuple[sa.MetaData, sa.Table, sa.Table]:
     """The SQLAlchemy tables (``<prefix>ml_model_publish``, ``<prefix>ml_model_serving``)."""
     if table_prefix and not re.match(r"^[A-Za-z0-9_]{1,32}$", table_prefix):
@@ -311,91 +245,51 @@ def build_metadata(table_prefix: str = "") -> tuple[sa.MetaData, sa.Table, sa.Ta
     publish = sa.Table(
         pub_name,
         md,
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
-        ),
+        sa.Column("id", db.big_id(), primary_key=True, autoincrement=True),
         sa.Column("model_name", sa.String(128), nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("bundle_uri", sa.Text, nullable=False),
         sa.Column("framework", sa.String(64), nullable=False),
-        sa.Column("metrics", _long_text(), nullable=False),
+        sa.Column("metrics", db.long_text(), nullable=False),
         sa.Column("spec_uri", sa.Text, nullable=True),
         sa.Column("checksum", sa.String(128), nullable=True),
         sa.Column("status", sa.String(32), nullable=False),
-        sa.Column("created_at", _datetime6(), nullable=False),
+        sa.Column("created_at", db.datetime6(), nullable=False),
         sa.Column("dag_id", sa.String(250), nullable=True),
         sa.Column("run_id", sa.String(250), nullable=True),
         sa.UniqueConstraint("model_name", "version", name=f"uq_{pub_name}_version"),
         sa.UniqueConstraint("model_name", "dag_id", "run_id", name=f"uq_{pub_name}_run"),
-        **_MYSQL_TABLE_KW,
+        **db.MYSQL_TABLE_KW,
     )
     serving = sa.Table(
         srv_name,
         md,
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
-        ),
+        sa.Column("id", db.big_id(), primary_key=True, autoincrement=True),
         sa.Column("model_name", sa.String(128), nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("action", sa.String(32), nullable=False),
-        sa.Column("created_at", _datetime6(), nullable=False),
+        sa.Column("created_at", db.datetime6(), nullable=False),
         sa.Column("created_by", sa.String(250), nullable=True),
         sa.Column("reason", sa.Text, nullable=True),
         sa.Index(f"ix_{srv_name}_model", "model_name", "id"),
-        **_MYSQL_TABLE_KW,
+        **db.MYSQL_TABLE_KW,
     )
     return md, publish, serving
 
 
 def engine_options(url: str | sa.engine.URL) -> dict[str, Any]:
-    """Keyword arguments for ``create_engine``: MySQL gets a <= 5 s connect timeout and
-    pre-ping; SQLite waits up to 30 s on a locked database."""
-    parsed = normalize_url(url)
-    backend = parsed.get_backend_name()
-    kwargs: dict[str, Any] = {}
-    if backend in ("mysql", "mariadb"):
-        kwargs.update(
-            connect_args={
-                "connect_timeout": _MYSQL_CONNECT_TIMEOUT,
-                "read_timeout": 30,
-                "write_timeout": 30,
-            },
-            pool_pre_ping=True,
-            pool_recycle=1800,
-        )
-    elif backend == "sqlite":
-        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-        if parsed.database in (None, "", ":memory:"):
-            kwargs["poolclass"] = sa.pool.StaticPool
-    return kwargs
+    """Keyword arguments for ``create_engine`` (:func:`airflow_ml_provider.ml.db.engine_options`):
+    server databases get a <= 5 s connect timeout and pre-ping; SQLite waits 30 s on a lock."""
+    return db.engine_options(normalize_url(url))
 
 
 def create_registry_engine(url: str | sa.engine.URL) -> sa.engine.Engine:
-    """An engine for the registry (see :func:`engine_options`)."""
+    """An engine for the registry (:func:`airflow_ml_provider.ml.db.create_engine`)."""
     parsed = normalize_url(url)
     try:
-        return sa.create_engine(parsed, **engine_options(parsed))
-    except ImportError as exc:
-        raise RegistryError(f"no database driver for {mask_url(parsed)}: {exc}") from None
-    except sa_exc.ArgumentError as exc:
-        raise RegistryError(f"cannot use registry URL {mask_url(parsed)}: {exc}") from None
-
-
-def _driver_message(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    msg = str(orig if orig is not None else exc).strip().splitlines()
-    return msg[0] if msg else exc.__class__.__name__
-
-
-def _is_missing_table(exc: BaseException) -> bool:
-    text = _driver_message(exc).lower()
-    return "no such table" in text or "1146" in text or "doesn't exist" in text
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    """Deadlocks, lock waits and SQLite 'database is locked' are worth another try."""
-    text = _driver_message(exc).lower()
-    return any(code in text for code in ("1213", "1205", "database is locked", "deadlock"))
+        return db.create_engine(parsed)
+    except db.DatabaseURLError as exc:
+        raise RegistryError(str(exc).replace("cannot use database", "cannot use registry URL")) from None
 
 
 class ModelRegistry:
@@ -425,42 +319,38 @@ class ModelRegistry:
     def __repr__(self) -> str:
         return f"ModelRegistry({self.masked_url!r})"
 
-    def _scrub(self, text: str) -> str:
-        password = self.url.password
-        if password and len(str(password)) >= 4:  # shorter ones would mangle ordinary words
-            text = text.replace(str(password), "***")
-        return text
-
     def _error(self, what: str, exc: BaseException) -> RegistryError:
-        if isinstance(exc, sa_exc.OperationalError) and not _is_missing_table(exc) and not _is_retryable(exc):
+        kind = db.classify(exc)
+        if kind in (db.UNREACHABLE, db.DISCONNECTED) or (
+            isinstance(exc, sa_exc.OperationalError) and kind not in (db.MISSING_TABLE, db.LOCKED)
+        ):
             prefix = f"cannot reach the model registry at {self.masked_url}"
         else:
             prefix = f"model registry {self.masked_url}"
-        return RegistryError(self._scrub(f"{prefix}: {what}: {_driver_message(exc)}"))
+        return RegistryError(db.scrub(f"{prefix}: {what}: {db.driver_message(exc)}", self.url))
 
     def dispose(self) -> None:
         self.engine.dispose()
 
     def create_tables(self) -> None:
         """Create both tables and their indexes if missing (safe to call concurrently)."""
-        for attempt in range(3):
-            try:
-                self.metadata.create_all(self.engine, checkfirst=True)
-                self._tables_ok = True
-                return
-            except sa_exc.SQLAlchemyError as exc:
-                # Another process may have created a table between the check and the CREATE.
-                if attempt < 2 and ("already exists" in _driver_message(exc).lower() or "1050" in str(exc)):
-                    time.sleep(0.05)
-                    continue
-                raise self._error("creating tables", exc) from None
+        try:
+            # Another process may create a table between the check and the CREATE: then again.
+            db.retry(lambda: self.metadata.create_all(self.engine, checkfirst=True), on=(db.TABLE_EXISTS,),
+                     attempts=3)
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._error("creating tables", exc) from None
+        self._tables_ok = True
 
     def _read(self, what: str, fn, empty):
-        try:
+        def attempt():
             with self.engine.connect() as conn:
                 return fn(conn)
+
+        try:
+            return db.retry(attempt, on=_READ_RETRY_ON, attempts=3)
         except sa_exc.SQLAlchemyError as exc:
-            if _is_missing_table(exc):  # nothing has ever been published here
+            if db.is_missing_table(exc):  # nothing has ever been published here
                 return empty
             raise self._error(what, exc) from None
 
@@ -693,8 +583,8 @@ class ModelRegistry:
             self.create_tables()
 
         t, s = self.publish_table, self.serving_table
-        last_exc: BaseException | None = None
-        for attempt in range(_MAX_ATTEMPTS):
+
+        def attempt() -> ModelRecord:
             try:
                 with self.engine.begin() as conn:
                     if dag_id is not None:
@@ -731,8 +621,7 @@ class ModelRegistry:
                     )
                     row = conn.execute(sa.select(t).where(t.c.id == new_id)).first()
                     return self._record(row)
-            except sa_exc.IntegrityError as exc:
-                last_exc = exc
+            except sa_exc.IntegrityError:
                 # Lost a race: either the same run committed first (return its row) or another
                 # run took this version number (try the next one, unless the caller pinned it).
                 if dag_id is not None:
@@ -744,20 +633,17 @@ class ModelRegistry:
                     if holder is not None:
                         who = f" (published by {holder.dag_id}/{holder.run_id})" if holder.dag_id else ""
                         raise RegistryError(f"model {name!r} version {version} already exists{who}") from None
-                time.sleep(0.01 * (attempt + 1))
-            except sa_exc.OperationalError as exc:
-                last_exc = exc
-                if _is_missing_table(exc) and attempt == 0:
-                    self._tables_ok = False
-                    self.create_tables()
-                    continue
-                if not _is_retryable(exc):
-                    raise self._error(f"publishing {name!r}", exc) from None
-                time.sleep(0.02 * (attempt + 1))
-            except sa_exc.SQLAlchemyError as exc:
-                raise self._error(f"publishing {name!r}", exc) from None
-        assert last_exc is not None
-        raise self._error(f"publishing {name!r} (gave up after {_MAX_ATTEMPTS} attempts)", last_exc)
+                raise
+
+        def before_retry(exc: BaseException) -> None:
+            if db.is_missing_table(exc):  # dropped since create_tables: create again, then retry
+                self._tables_ok = False
+                self.create_tables()
+
+        try:
+            return db.retry(attempt, on=_WRITE_RETRY_ON, attempts=_MAX_ATTEMPTS, before_retry=before_retry)
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._error(f"publishing {name!r}", exc) from None
 
     def rollback(
         self, name: str, to_version: int, by: str | None = None, reason: str | None = None
@@ -773,32 +659,27 @@ class ModelRegistry:
         if by is not None and len(str(by)) > 250:
             raise RegistryError("rollback: 'by' is longer than 250 characters")
         s = self.serving_table
-        last_exc: BaseException | None = None
-        for attempt in range(_MAX_ATTEMPTS):
-            try:
-                with self.engine.begin() as conn:
-                    result = conn.execute(
-                        s.insert().values(
-                            model_name=name,
-                            version=to_version,
-                            action=ACTION_ROLLBACK,
-                            created_at=_to_db_time(_utcnow()),
-                            created_by=by,
-                            reason=reason,
-                        )
+
+        def attempt() -> ServingEvent:
+            with self.engine.begin() as conn:
+                result = conn.execute(
+                    s.insert().values(
+                        model_name=name,
+                        version=to_version,
+                        action=ACTION_ROLLBACK,
+                        created_at=_to_db_time(_utcnow()),
+                        created_by=by,
+                        reason=reason,
                     )
-                    new_id = int(result.inserted_primary_key[0])
-                    row = conn.execute(sa.select(s).where(s.c.id == new_id)).first()
-                    return self._event(row)
-            except sa_exc.OperationalError as exc:
-                last_exc = exc
-                if not _is_retryable(exc):
-                    raise self._error(f"rolling back {name!r}", exc) from None
-                time.sleep(0.02 * (attempt + 1))
-            except sa_exc.SQLAlchemyError as exc:
-                raise self._error(f"rolling back {name!r}", exc) from None
-        assert last_exc is not None
-        raise self._error(f"rolling back {name!r}", last_exc)
+                )
+                new_id = int(result.inserted_primary_key[0])
+                row = conn.execute(sa.select(s).where(s.c.id == new_id)).first()
+                return self._event(row)
+
+        try:
+            return db.retry(attempt, on=(db.LOCKED,), attempts=_MAX_ATTEMPTS)
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._error(f"rolling back {name!r}", exc) from None
 
 
 def _format_versions(versions: list[int]) -> str:
