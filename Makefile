@@ -9,10 +9,10 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 APT_PACKAGES := default-libmysqlclient-dev libkrb5-dev pkg-config build-essential \
 	default-jdk-headless libjersey1-core-java libjersey1-server-java libjersey1-servlet-java \
-	libjsr311-api-java wrk
+	libjsr311-api-java wrk chromium chromium-driver
 export AIRFLOW_ML_REPO := $(CURDIR)
 
-.PHONY: all install system-deps demo test bench lint clean hdfs-jars
+.PHONY: all install system-deps demo test services bench lint clean hdfs-jars airflow airflow-stop airflow-status
 
 all: test
 
@@ -49,9 +49,28 @@ hdfs-jars: system-deps
 demo: install
 	$(PY) scripts/demo.py
 
-test: install
+# The services the tests use: MariaDB (registry, dictionary), PostgreSQL (Airflow metadata of the
+# live Celery test), Redis (its broker). Each is started -- and installed with apt on a fresh root
+# machine -- only when it does not answer; what was started here is stopped after the tests, by PID.
+services:
 	@bash scripts/ensure_mariadb.sh || echo "warning: no MariaDB on 127.0.0.1:3306; its tests will skip (fail with CI=true)"
-	bash scripts/run_tests.sh
+	@bash scripts/ensure_postgres.sh || echo "warning: no PostgreSQL on 127.0.0.1:5432; its tests will skip (fail with CI=true)"
+	@bash scripts/ensure_redis.sh || echo "warning: no Redis on 127.0.0.1:6379; its tests will skip (fail with CI=true)"
+
+test: install services
+	@bash scripts/run_tests.sh; rc=$$?; bash scripts/stop_services.sh; exit $$rc
+
+# A live local Airflow (api-server :8080, scheduler, dag-processor, triggerer, LocalExecutor) with this
+# provider, dags/, the demo data and the model service on :8501, all under .airflow/ (see docs/deployment.md).
+AIRFLOW_LOCAL_ARGS ?=
+airflow: install
+	$(PY) scripts/airflow_local.py start $(AIRFLOW_LOCAL_ARGS)
+
+airflow-stop:
+	@test -x $(PY) && $(PY) scripts/airflow_local.py stop || echo "no venv: nothing was started"
+
+airflow-status:
+	@$(PY) scripts/airflow_local.py status
 
 bench: install
 	$(PY) -m bench
@@ -60,4 +79,4 @@ lint: install
 	$(VENV)/bin/ruff check airflow_ml_provider dags tests bench scripts
 
 clean:
-	rm -rf $(VENV) .demo .hdfs build *.egg-info
+	rm -rf $(VENV) .demo .hdfs .airflow .services build *.egg-info

@@ -2,29 +2,24 @@
 # Make sure a MariaDB server answers on 127.0.0.1:3306 for the tests (user root, empty password,
 # database `test`), as on the project's CI machines. Used by `make test`.
 #   - something already listens on 3306: nothing to do;
-#   - mariadbd is installed but down: start it;
+#   - mariadbd is installed but down: start it (its PID is recorded; scripts/stop_services.sh stops it);
 #   - not installed and we are root: install mariadb-server from Debian, start it, and let root
 #     log in over TCP with an empty password (a throw-away test server, never a production one).
 set -u
-port_open() { (echo > /dev/tcp/127.0.0.1/3306) >/dev/null 2>&1; }
-wait_up() { for _ in $(seq 1 30); do port_open && return 0; sleep 1; done; return 1; }
+. "$(dirname "$0")/_services.sh"
 
-port_open && exit 0
+port_open 3306 && exit 0
 fresh=0
 if [ ! -x /usr/sbin/mariadbd ]; then
-  if [ "$(id -u)" != "0" ]; then
-    echo "MariaDB is not running on 127.0.0.1:3306 and not installed. Run:"
-    echo "  sudo apt-get install -y mariadb-server && sudo service mariadb start"
-    exit 1
-  fi
-  echo "installing mariadb-server for the tests"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server || exit 1
+  apt_install MariaDB mariadb-server || exit 1
   fresh=1
 fi
 mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
-start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd >/dev/null 2>&1 \
-  || (service mariadb start >/dev/null 2>&1) || true
-wait_up || { echo "MariaDB did not start on 127.0.0.1:3306"; exit 1; }
+pidfile=/run/mysqld/airflow-ml-test.pid
+start-stop-daemon --start --background --make-pidfile --pidfile "$pidfile" --exec /usr/sbin/mariadbd \
+  -- --user=mysql >/dev/null 2>&1 || { echo "could not start mariadbd"; exit 1; }
+wait_port 3306 || { echo "MariaDB did not start on 127.0.0.1:3306"; exit 1; }
+record_started mariadb "$(cat "$pidfile")" TERM
 if [ "$fresh" = "1" ]; then
   mariadb -uroot -e "CREATE DATABASE IF NOT EXISTS test; ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD(''); FLUSH PRIVILEGES;" || exit 1
 fi

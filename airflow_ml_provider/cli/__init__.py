@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "airflow_ml_provider.cli.dictionary",
     "airflow_ml_provider.cli.azkaban",
     "airflow_ml_provider.cli.serve",
+    "airflow_ml_provider.cli.datasets",
 )
 
 
