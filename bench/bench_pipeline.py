@@ -187,7 +187,7 @@ def _operator_run(train_path: str, valid_path: str, storage: str, i: int) -> flo
     t0 = time.perf_counter()
     out = op.execute(context)
     elapsed = time.perf_counter() - t0
-    assert out["final_metrics"]["valid-auc"] > 0.5
+    assert out["final_metric"] == "valid-auc" and out["final_metric_value"] > 0.5
     return elapsed
 
 

@@ -151,6 +151,37 @@ def test_build_errors_name_the_input(tmp_path, change, message):
     assert not out.exists()  # no half-built bundle left behind
 
 
+def test_the_spec_hash_is_recorded_under_one_key(tmp_path):
+    """metadata["spec_hash"] (SPEC_HASH_KEY) is the spec file's content_hash; another value is refused."""
+    from airflow_ml_provider.ml.bundle import SPEC_HASH_KEY
+    from airflow_ml_provider.ml.features import FeatureSpec, fit
+
+    assert SPEC_HASH_KEY == "spec_hash"
+    import pandas as pd
+
+    spec = FeatureSpec.from_yaml("version: 1\nfeatures:\n  - name: x\n    dtype: numeric\n"
+                                 "    transforms:\n      - standardize\n")
+    fitted = fit(spec, pd.DataFrame({"x": [1.0, 2.0, 4.0]}))
+    inputs = {**_inputs(tmp_path), "fitted_spec": fitted}
+    build_bundle(tmp_path / "a", **inputs)
+    b = load_bundle(tmp_path / "a")
+    assert b.metadata[SPEC_HASH_KEY] == b.spec_hash == fitted.content_hash
+    assert fitted.content_hash.startswith("sha256:")
+    assert not {"fitted_spec_hash", "spec_content_hash", "feature_spec_hash"} & set(b.metadata)
+    # the caller may pass the hash it expects (the publish operator does): it must be the file's
+    build_bundle(tmp_path / "b", **{**inputs, "metadata": {SPEC_HASH_KEY: fitted.content_hash}})
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(BundleError, match=r"has content hash 'sha256:[0-9a-f]{64}', but metadata\['spec_hash'\] says "
+                                          r"'sha256:0{64}'"):
+        build_bundle(tmp_path / "c", **{**inputs, "metadata": {SPEC_HASH_KEY: wrong}})
+    assert not (tmp_path / "c").exists()
+    # a spec file without a content hash (not a fitted spec): no key, and a claimed one is refused
+    build_bundle(tmp_path / "d", **_inputs(tmp_path))
+    assert load_bundle(tmp_path / "d").spec_hash is None and SPEC_HASH_KEY not in load_bundle(tmp_path / "d").metadata
+    with pytest.raises(BundleError, match="has content hash None"):
+        build_bundle(tmp_path / "e", **{**_inputs(tmp_path), "metadata": {SPEC_HASH_KEY: wrong}})
+
+
 def test_build_refuses_a_non_empty_output_dir(tmp_path, built):
     out, _ = built
     with pytest.raises(BundleError, match="exists and is not empty"):

@@ -116,10 +116,10 @@ def test_bound_parameters_not_formatted(env):
     op = SampleOperator(task_id="sample", conn_id="unit_audio", split_by="none",
                         sql="SELECT event_id FROM play_events WHERE network = :net", parameters={"net": evil})
     out = op.execute(ctx(run_id="bound", dag_id="unit_misc"))
-    assert out["rows"]["train"] == 0
+    assert out["rows_train"] == 0
     op = SampleOperator(task_id="sample", conn_id="unit_audio", split_by="none",
                         sql="SELECT event_id FROM play_events WHERE network = ?", parameters=["wifi"])
-    assert op.execute(ctx(run_id="bound2", dag_id="unit_misc"))["rows"]["train"] > 0
+    assert op.execute(ctx(run_id="bound2", dag_id="unit_misc"))["rows_train"] > 0
     import sqlite3
 
     assert sqlite3.connect(env / "audio.db").execute("SELECT COUNT(*) FROM play_events").fetchone()[0] == 5000
@@ -202,8 +202,10 @@ def test_bad_sql_names_the_problem_mariadb(mariadb_url, env, monkeypatch):
     op = SampleOperator(task_id="sample", conn_id="unit_mysql", sql=TRAINING_QUERY, parameters={"start_ts": 0},
                         split_by="group", group_column="user_id", chunk_rows=128)
     out = op.execute(ctx(run_id="my_ok", dag_id="unit_mysql_dag"))
-    assert sum(out["rows"].values()) == out["rows_read"] == 500
-    assert out["schema"]["item_age_days"] == "double"  # DECIMAL -> float64
+    assert out["rows_train"] + out["rows_valid"] + out["rows_test"] == out["rows_read"] == 500
+    import pyarrow.parquet as pq
+
+    assert str(pq.read_schema(out["train"]).field("item_age_days").type) == "double"  # DECIMAL -> float64
 
 
 # -- disabled_tasks ----------------------------------------------------------------------------
@@ -232,7 +234,7 @@ def test_disabled_upstream_uses_its_latest_output(env, chain):
     out = PreprocessOperator(task_id="preprocess", spec=str(SPEC)).execute(
         ctx(run_id="reuse", xcoms={"sample": None}, params={"disabled_tasks": ["sample"]})
     )
-    assert out["sample"]["train"] == chain["sample"]["train"]
+    assert out["raw_train_uri"] == chain["sample"]["train"]
     assert out["uri"].endswith("/runs/unit_dag/reuse/preprocess")
     # no earlier output at all: a clear error naming the upstream
     with pytest.raises(ValueError, match="upstream task 'sample' produced no output in this run"):
@@ -246,7 +248,7 @@ def test_publish_skips_on_failed_gate(env, chain):
     from airflow.sdk.exceptions import AirflowSkipException
 
     failed = json.loads(json.dumps(chain["evaluate"]))
-    failed["gate"] = {"passed": False, "reasons": ["auc 0.7 < minimum 0.99"], "checks": []}
+    failed["gate_passed"], failed["gate_reasons"] = False, ["auc 0.7 < minimum 0.99"]
     op = PublishModelOperator(task_id="publish", model_name="unit_gate", registry=f"sqlite:///{env}/gate.db")
     with pytest.raises(AirflowSkipException, match=r"gate failed: auc 0.7 < minimum 0.99"):
         op.execute(ctx(run_id="gate_run", xcoms={**chain, "evaluate": failed}))
@@ -307,19 +309,22 @@ def test_evaluate_writes_metrics_charts_and_compares_with_the_champion(env, chai
     metrics = json.loads(Path(ev["metrics_uri"]).read_text())
     for key in ("auc", "ks", "logloss", "precision", "recall", "f1", "confusion_matrix"):
         assert key in metrics
-    assert metrics["auc"] == pytest.approx(ev["metrics"]["auc"])
-    assert sorted(ev["charts"]) == sorted(["roc.png", "pr.png", "ks.png", "lift.png", "gain.png",
-                                          "feature_importance.png"])
-    assert all((Path(ev["charts_uri"]) / c).stat().st_size > 1000 for c in ev["charts"])
+    assert metrics["auc"] == pytest.approx(ev["auc"]) and metrics["logloss"] == pytest.approx(ev["logloss"])
+    assert ev["rmse"] is None  # a binary model: the regression metrics of the record are null
+    charts = sorted(p.name for p in Path(ev["charts_uri"]).iterdir())
+    assert charts == sorted(["roc.png", "pr.png", "ks.png", "lift.png", "gain.png", "feature_importance.png"])
+    assert all((Path(ev["charts_uri"]) / c).stat().st_size > 1000 for c in charts)
+    gate = json.loads(Path(ev["gate_uri"]).read_text())
+    assert gate["passed"] is ev["gate_passed"] is True and gate["reasons"] == ev["gate_reasons"] == []
     # champion/challenger: a champion with a far better AUC blocks the challenger
     reg_url = f"sqlite:///{env}/champ.db"
     reg = ModelRegistry(reg_url)
     reg.publish(name="unit_champ", bundle_uri="/nowhere", framework="xgboost", metrics={"auc": 0.999})
     out = EvaluateOperator(task_id="evaluate", model_name="unit_champ", registry=reg_url).execute(
         ctx(run_id="champ", xcoms=dict(chain)))
-    assert out["gate"]["passed"] is False
-    assert "does not beat champion 0.999" in out["gate"]["reasons"][0]
-    assert out["gate"]["champion_version"] == 1
+    assert out["gate_passed"] is False
+    assert "does not beat champion 0.999" in out["gate_reasons"][0]
+    assert out["champion_version"] == 1
 
 
 def test_regression_objective_end_to_end(env, chain):
@@ -332,8 +337,10 @@ def test_regression_objective_end_to_end(env, chain):
     assert m["task"] == "regression"
     for key in ("rmse", "mae", "r2", "mape"):
         assert key in m
-    assert 0 < m["rmse"] < 0.6 and out["gate"]["passed"] is True
-    assert "pred_vs_actual.png" in out["charts"] and "residuals.png" in out["charts"]
+    assert 0 < m["rmse"] < 0.6 and out["gate_passed"] is True
+    assert out["rmse"] == pytest.approx(m["rmse"]) and out["auc"] is None
+    charts = {p.name for p in Path(out["charts_uri"]).iterdir()}
+    assert "pred_vs_actual.png" in charts and "residuals.png" in charts
 
 
 def test_train_logs_progress_and_passes_params(env, chain):

@@ -24,6 +24,7 @@ import pytest
 
 from airflow_ml_provider.ml.bundle import load_bundle
 from airflow_ml_provider.ml.datasets.audio import TRAINING_QUERY, load_audio_dataset
+from airflow_ml_provider.ml.records import RECORD_KEYS
 from airflow_ml_provider.ml.registry import ModelRegistry
 from airflow_ml_provider.operators.evaluate import EvaluateOperator
 from airflow_ml_provider.operators.preprocess import PreprocessOperator
@@ -70,6 +71,17 @@ def ctx(xcoms: dict, run_id: str = "run_1", dag_id: str = "unit_train", params: 
     return {"params": params or {}, "run_id": run_id, "ti": FakeTI(xcoms), "dag": FakeDag(dag_id)}
 
 
+def model_meta(record: dict) -> dict:
+    """The model directory's metadata.json (params, history...): what the flat XCom points to."""
+    return json.loads((Path(record["uri"]) / "metadata.json").read_text())
+
+
+def final_metrics(meta: dict) -> dict:
+    """``{"valid-auc": last value, ...}`` from a model's recorded history."""
+    return {f"{data}-{metric}": values[-1] for data, metrics in meta["history"].items()
+            for metric, values in metrics.items() if values}
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("ml_train")
@@ -112,31 +124,35 @@ def test_train_evaluate_publish(framework, home, prepared):
     c = ctx(x, run_id=f"run_{framework}")
     train = TrainModelOperator(task_id="train", framework=framework, hyperparams=HYPERPARAMS[framework]).execute(c)
     x["train"] = train
-    # the same XCom shape as XGBoostTrainOperator's: the evaluation and publish steps read it
-    assert set(train) == {"uri", "framework", "task", "best_iteration", "final_metrics", "train_seconds", "params",
-                          "preprocess"}
+    # the same flat record as XGBoostTrainOperator's: the evaluation and publish steps read it
+    assert tuple(train) == RECORD_KEYS["train"]
     assert (train["framework"], train["task"]) == (framework, "binary")
-    assert train["preprocess"] == prepared["preprocess"]
+    prep = prepared["preprocess"]
+    assert (train["spec_hash"], train["train_uri"], train["valid_uri"]) == (prep["spec_hash"], prep["train"],
+                                                                           prep["valid"])
     model_dir = Path(train["uri"])
     assert model_dir == home / "storage" / "runs" / "unit_train" / f"run_{framework}" / "train"
     assert (model_dir / MODEL_FILE[framework]).stat().st_size > 0
-    meta = json.loads((model_dir / "metadata.json").read_text())
+    meta = model_meta(train)
     assert meta["framework"] == framework and library_version(meta["library_versions"], LIBRARY[framework])
+    final = final_metrics(meta)
+    assert train["final_metric"].startswith("valid-") and train["final_metric_value"] == final[train["final_metric"]]
     if framework == "tensorflow":
         assert meta["params"]["hidden_units"] == [16, 8] and meta["extra"]["epochs_run"] == 4
-        assert len(train["final_metrics"]) == 4 and 0.5 < train["final_metrics"]["valid-auc"] <= 1
+        assert len(final) == 4 and 0.5 < final["valid-auc"] <= 1
     if framework == "gbdt":
         assert meta["params"]["max_iter"] == 40 and meta["params"]["early_stopping_rounds"] == 5
-        assert train["best_iteration"] is not None and "valid-logloss" in train["final_metrics"]
+        assert train["best_iteration"] is not None and "valid-logloss" in final
     if framework == "linear":
-        assert meta["params"]["C"] == 0.5 and "valid-auc" in train["final_metrics"]
+        assert meta["params"]["C"] == 0.5 and "valid-auc" in final
 
     x["evaluate"] = EvaluateOperator(task_id="evaluate", model_name=f"unit_{framework}", min_metrics={"auc": 0.6},
                                      champion=False).execute(c)
     ev = x["evaluate"]
-    assert ev["gate"]["passed"] is True, ev["gate"]
-    assert 0.6 < ev["metrics"]["auc"] < 1.0
-    assert "roc.png" in ev["charts"] and "feature_importance.png" in ev["charts"]
+    assert ev["gate_passed"] is True, ev["gate_reasons"]
+    assert 0.6 < ev["auc"] < 1.0
+    charts = {p.name for p in Path(ev["charts_uri"]).iterdir()}
+    assert "roc.png" in charts and "feature_importance.png" in charts
 
     registry = f"sqlite:///{home}/registry_{framework}.db"
     out = PublishModelOperator(task_id="publish", model_name=f"unit_{framework}", registry=registry).execute(c)
@@ -146,13 +162,13 @@ def test_train_evaluate_publish(framework, home, prepared):
     assert bundle.framework == framework and bundle.checksum == rec.checksum
     assert bundle.metadata["framework"] == framework
     assert library_version(bundle.metadata["library_versions"], LIBRARY[framework])
-    assert bundle.metadata["params"] == train["params"]
+    assert bundle.metadata["params"] == meta["params"]
     assert (bundle.model_dir / MODEL_FILE[framework]).is_file()
-    assert rec.metrics["auc"] == pytest.approx(ev["metrics"]["auc"])
+    assert rec.metrics["auc"] == pytest.approx(ev["auc"])
     # the published model re-scores the test split as the evaluation did
     test = read_feature_table(prepared["preprocess"]["test"])
     scores = load_predictor(rec.framework, bundle.model_dir).predict(test.X)
-    assert auc_score(test.y, scores) == pytest.approx(ev["metrics"]["auc"], abs=1e-9)
+    assert auc_score(test.y, scores) == pytest.approx(ev["auc"], abs=1e-9)
 
 
 def test_xgboost_through_train_model_operator_matches_the_xgboost_operator(home, prepared):
@@ -165,7 +181,9 @@ def test_xgboost_through_train_model_operator_matches_the_xgboost_operator(home,
     assert isinstance(special, TrainModelOperator)
     a, b = generic.execute(c), special.execute(c)
     assert set(a) == set(b) and a["framework"] == b["framework"] == "xgboost"
-    assert a["final_metrics"] == b["final_metrics"]  # the same booster params give the same model
+    # the same booster params give the same model
+    assert (a["final_metric"], a["final_metric_value"]) == (b["final_metric"], b["final_metric_value"])
+    assert model_meta(a)["history"] == model_meta(b)["history"]
 
 
 def test_hyperparams_are_templated(home, prepared):
@@ -213,8 +231,11 @@ def test_early_stopping_without_validation_is_turned_off(home, prepared):
         task_id="t", framework="gbdt", train_uri=prepared["preprocess"]["train"],
         hyperparams={"max_iter": 5, "early_stopping_rounds": 3},
     ).execute(ctx({}, run_id="no_valid"))
-    assert out["params"]["early_stopping_rounds"] is None and out["params"]["max_iter"] == 5
-    assert out["preprocess"] == {"train": prepared["preprocess"]["train"], "valid": None}
+    params = model_meta(out)["params"]
+    assert params["early_stopping_rounds"] is None and params["max_iter"] == 5
+    assert (out["train_uri"], out["valid_uri"], out["spec_hash"]) == (prepared["preprocess"]["train"], None, None)
+    final = final_metrics(model_meta(out))  # no validation table: no valid-* metric
+    assert out["final_metric"] is None if not final else out["final_metric"].startswith("train-")
 
 
 # -- Word2Vec ----------------------------------------------------------------------------------
@@ -260,7 +281,8 @@ def test_word2vec_items_of_a_category_cluster(w2v):
     out, _ = w2v
     assert (out["framework"], out["task"]) == ("word2vec", "embedding")
     assert out["vocabulary_size"] == N_CATEGORIES * ITEMS_PER_CATEGORY and out["sentences"] == 400
-    assert out["params"]["vector_size"] == 16 and out["params"]["epochs"] == 15 and out["params"]["sample"] == 0.0
+    params = model_meta(out)["params"]
+    assert params["vector_size"] == 16 and params["epochs"] == 15 and params["sample"] == 0.0
     p = load_predictor("word2vec", out["uri"])
     items = [str(i) for i in range(N_CATEGORIES * ITEMS_PER_CATEGORY)]
     unit = p.unit[[p.index[i] for i in items]]
@@ -279,14 +301,14 @@ def test_word2vec_items_of_a_category_cluster(w2v):
 
 def test_word2vec_is_measured_on_held_out_users(w2v):
     out, x = w2v
-    ev = out["evaluation"]
-    assert ev["k"] == 5 and ev["data_uri"] == x["sample"]["valid"]
+    assert tuple(out) == RECORD_KEYS["word2vec"]
+    ev = json.loads(Path(out["evaluation_uri"]).read_text())
+    assert ev["k"] == 5 == out["eval_k"] and ev["data_uri"] == x["sample"]["valid"] == out["valid_uri"]
     assert ev["pairs"] == ev["pairs_total"] > 60 * 10 and ev["coverage"] == 1.0
     # within-category pairs are 0.85^2 ~ 72 % of all; 5 nearest of the 11 same-category items ~ 0.33
     assert ev["hit_rate"] > 0.25 and ev["hit_rate"] > 3 * ev["popularity_hit_rate"]
-    assert out["final_metrics"]["valid-hit_rate@5"] == ev["hit_rate"]
-    assert "train-loss" in out["final_metrics"]
-    assert json.loads((Path(out["uri"]) / "evaluation.json").read_text()) == ev
+    assert (out["hit_rate"], out["popularity_hit_rate"]) == (ev["hit_rate"], ev["popularity_hit_rate"])
+    assert "train-loss" in final_metrics(model_meta(out))
     assert sorted(p.name for p in Path(out["uri"]).iterdir()) == [
         "evaluation.json", "metadata.json", "vectors.npy", "vocabulary.json", "word2vec.bin"]
 
@@ -301,7 +323,7 @@ def test_word2vec_from_a_sequence_column_and_errors(home, tmp_path):
                                sequence_column="history", vector_size=4, epochs=1)
     out = op.execute(ctx({}, run_id="w2v_seq"))
     assert out["sentences"] == 3 and out["vocabulary_size"] == 3  # ["z"] is too short, None skipped
-    assert out["evaluation"] is None and out["input"]["valid"] is None
+    assert out["evaluation_uri"] is None and out["valid_uri"] is None and out["hit_rate"] is None
     bad = Word2VecTrainOperator(task_id="w", input_task_id=None, train_uri=str(tmp_path / "seq.parquet"),
                                 group_column="user", item_column="item_id")
     with pytest.raises(ValueError, match=r"column 'item_id' \(item_column\) is missing; columns: \['history', 'user'\]"):
@@ -432,11 +454,12 @@ def test_item2vec_dag_tasks_on_the_audio_data(home, monkeypatch):
         c = {**ctx(x, run_id="item2vec_run", dag_id="item2vec", params=params), "dag": dag}
         task.render_template_fields(c, jinja_env=dag.get_template_env())
         x[task_id] = task.execute(c)
-    assert x["sample"]["rows"]["test"] == 0 and x["sample"]["rows"]["valid"] > 0
+    assert x["sample"]["rows_test"] == 0 and x["sample"]["rows_valid"] > 0
     out = x["train"]
-    assert out["input"]["train"] == x["sample"]["train"] and out["input"]["valid"] == x["sample"]["valid"]
-    assert out["params"]["vector_size"] == 32 and out["params"]["min_count"] == 2 and out["params"]["window"] == 10
-    ev = out["evaluation"]
+    assert out["train_uri"] == x["sample"]["train"] and out["valid_uri"] == x["sample"]["valid"]
+    params = model_meta(out)["params"]
+    assert params["vector_size"] == 32 and params["min_count"] == 2 and params["window"] == 10
+    ev = json.loads(Path(out["evaluation_uri"]).read_text())
     # the synthetic plays have no sequential pattern: the hit rate is measured, not expected to beat popularity
     assert ev["pairs"] > 100 and 0 < ev["hit_rate"] < 0.5 and 0 < ev["popularity_hit_rate"] < 0.5, ev
 

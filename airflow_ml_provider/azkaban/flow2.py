@@ -36,6 +36,7 @@ from airflow_ml_provider.azkaban.model import (
     Trigger,
     TriggerDependency,
 )
+from airflow_ml_provider.ml.safeyaml import SafeYamlLoader
 
 __all__ = ["FLOW_VERSION_KEY", "java_string", "load_flow2", "parse_flow_yaml", "read_project_file"]
 
@@ -55,7 +56,7 @@ class _LineDict(dict):
     line: int | None = None
 
 
-class _LineLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+class _LineLoader(SafeYamlLoader):  # the project's one YAML loader: aliases, nesting bounded
     pass
 
 

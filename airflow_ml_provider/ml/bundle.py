@@ -6,13 +6,18 @@ A bundle is a directory::
     fitted_spec.json    the fitted feature spec (training and serving both load it)
     metrics.json        evaluation metrics (strict JSON: NaN/inf become null)
     charts/*.png        evaluation charts (ROC, PR, KS, lift, gain, importance...)
-    metadata.json       framework, library versions, training data URI, dag_id, run_id, ...
+    metadata.json       framework, library versions, spec_hash, training data URI, dag_id, run_id, ...
     manifest.json       the sha256 and size of every other file, and the bundle checksum
 
 The bundle checksum is the sha256 of the sorted ``<path>\\0<sha256>\\n`` lines of every file but
 ``manifest.json``. The manifest also records when the bundle was built; that timestamp is outside
 the checksum, so building again from the same inputs gives the same checksum -- which is what makes
 a retried publish idempotent.
+
+``metadata.json`` names the fitted spec's content hash (``FittedSpec.content_hash``,
+``"sha256:<hex>"``) under ONE key, :data:`SPEC_HASH_KEY` (``"spec_hash"``): :func:`build_bundle`
+records the hash the spec file carries (and refuses a ``metadata`` that names another), and the
+model service checks the loaded spec against exactly that key.
 
 Pure core: no Airflow import. Storage goes through :mod:`airflow_ml_provider.ml.storage`.
 """
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "SPEC_HASH_KEY",
     "Bundle",
     "BundleConflictError",
     "BundleError",
@@ -56,6 +62,8 @@ METRICS = "metrics.json"
 METADATA = "metadata.json"
 MODEL_DIR = "model"
 CHARTS_DIR = "charts"
+#: the metadata.json key of the fitted spec's content hash (FittedSpec.content_hash, "sha256:<hex>")
+SPEC_HASH_KEY = "spec_hash"
 _CHUNK = 1 << 20
 
 #: The Python distributions whose versions a bundle records, per framework.
@@ -96,6 +104,14 @@ class Bundle:
     @property
     def created_at(self) -> str | None:
         return self.manifest.get("created_at")
+
+    @property
+    def spec_hash(self) -> str | None:
+        """The fitted spec's content hash recorded at build time (``metadata[SPEC_HASH_KEY]``), or None."""
+        value = self.metadata.get(SPEC_HASH_KEY)
+        if value is not None and not isinstance(value, str):
+            raise BundleError(f"bundle {self.root}: {METADATA} {SPEC_HASH_KEY!r} must be a string, got {value!r}")
+        return value or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,9 +252,11 @@ def build_bundle(
     :param framework: ``xgboost``, ``tensorflow``, ``word2vec``, ``linear``, ``gbdt``...
     :param metrics: a mapping, or a path to a metrics JSON file.
     :param charts: PNG files: a directory (its ``*.png``), a list of paths, or ``{name: path}``.
-    :param metadata: extra metadata (training data URI, dag_id, run_id, params...). Framework and
-        library versions are added. Pass ``created_at`` yourself if you want it in the checksummed
-        metadata; the build time always goes to the manifest.
+    :param metadata: extra metadata (training data URI, dag_id, run_id, params...). Framework,
+        library versions and the fitted spec's content hash (``metadata[SPEC_HASH_KEY]``, taken from
+        the spec file) are added; a ``metadata[SPEC_HASH_KEY]`` given here must equal the spec file's.
+        Pass ``created_at`` yourself if you want it in the checksummed metadata; the build time
+        always goes to the manifest.
     """
     out = Path(out_dir)
     if not framework or not isinstance(framework, str):
@@ -270,9 +288,10 @@ def build_bundle(
                 f"fitted_spec must be a path or an object with save(path), got {type(fitted_spec).__name__}"
             )
         try:
-            json.loads(spec_dst.read_text(encoding="utf-8"))
+            spec_doc = json.loads(spec_dst.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise BundleError(f"fitted spec {fitted_spec} is not valid JSON: {exc}") from None
+        spec_hash = spec_doc.get("content_hash") if isinstance(spec_doc, dict) else None
 
         _dump_json(out / METRICS, metrics_data)
         if chart_files:
@@ -281,6 +300,14 @@ def build_bundle(
                 shutil.copyfile(src, out / CHARTS_DIR / name)
 
         meta = dict(metadata or {})
+        given = meta.get(SPEC_HASH_KEY)
+        if given is not None and given != spec_hash:
+            raise BundleError(
+                f"fitted spec {fitted_spec} has content hash {spec_hash!r}, but metadata[{SPEC_HASH_KEY!r}] says "
+                f"{given!r}: the spec is not the one the model's features came from"
+            )
+        if isinstance(spec_hash, str) and spec_hash:
+            meta[SPEC_HASH_KEY] = spec_hash
         meta["framework"] = framework
         meta.setdefault("library_versions", library_versions(framework))
         meta["bundle_format"] = FORMAT_VERSION

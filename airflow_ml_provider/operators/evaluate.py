@@ -1,7 +1,7 @@
 """EvaluateOperator: metrics, charts and the publish gates of a trained model.
 
-Scores the model of the training task (``input_task_id``) on a feature table (the ``test`` split by
-default), writes ``metrics.json`` and PNG charts (ROC, PR, KS, lift, gain, feature importance)
+Scores the model of the training task (``input_task_id``) on a feature table (the ``test`` split of
+the preprocessing task ``preprocess_task_id`` by default), writes ``metrics.json`` and PNG charts (ROC, PR, KS, lift, gain, feature importance)
 beside it, and decides whether the model may be published:
 
 * **minimum / maximum metrics** -- from the operator's ``min_metrics`` / ``max_metrics``, overridden
@@ -22,11 +22,20 @@ beside it, and decides whether the model may be published:
 The outcome is pushed in the XCom; the evaluate task itself succeeds either way. The publish task
 reads it and **skips** (it does not fail) when a gate failed, with the reasons in its log.
 
-XCom (``return_value``)::
+The model and the feature table must come from the same fitted spec: the training task's record
+names the ``spec_hash`` of the spec its features came from, and a preprocessing output with another
+hash (``train`` disabled in a run where ``preprocess`` ran and fitted a different spec) is refused
+with a message saying so.
 
-    {"uri": <dir>, "metrics_uri": <uri>, "charts_uri": <uri|null>, "metrics": {name: number},
-     "gate": {"passed": bool, "reasons": [...], "checks": [...]}, "model_name": ...,
-     "train": <the train task's XCom>}
+XCom (``return_value``): the flat ``evaluate`` record of :mod:`airflow_ml_provider.ml.records`::
+
+    {"uri": <dir>, "model_name": ..., "model_uri": <the model judged>, "data_uri": <table scored>,
+     "spec_hash": <its fitted spec's content hash or null>, "task": "binary"|"regression",
+     "n_rows": n, "auc", "ks", "logloss" (binary), "rmse", "mae", "r2" (regression; null otherwise),
+     "metrics_uri": <metrics.json>, "charts_uri": <charts dir|null>, "gate_uri": <gate.json>,
+     "gate_passed": bool, "gate_reasons": [...], "champion_version": n|null}
+
+Every metric, each gate check and the gate configuration are in ``metrics.json`` and ``gate.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +52,9 @@ __all__ = ["EvaluateOperator", "gate_variable_names"]
 _GATE_METRICS = ("auc", "ks", "logloss", "precision", "recall", "f1", "accuracy", "average_precision",
                  "rmse", "mae", "r2", "mape")
 
+
+#: the metrics the evaluate record carries (null when not the model's task); all are in metrics.json
+_RECORD_METRICS = ("auc", "ks", "logloss", "rmse", "mae", "r2")
 
 _EMBEDDING_MESSAGE = (
     "{op}: the model is a word2vec embedding (item vectors, no score to evaluate on a feature table); "
@@ -63,7 +75,9 @@ class EvaluateOperator(MLBaseOperator):
     """Evaluate a trained model: metrics JSON, PNG charts, gates (minimums + champion/challenger).
 
     :param model_name: the registry name of the model (also names the gate Variables).
-    :param input_task_id: the training task whose XCom names the model and the feature tables.
+    :param input_task_id: the training task whose XCom names the model.
+    :param preprocess_task_id: the preprocessing task whose XCom names the feature tables (default
+        ``preprocess``).
     :param model_uri: the model directory, overriding ``input_task_id``.
     :param data_uri: the feature table to score, overriding the ``split`` of the preprocessing output.
     :param split: which split to score: ``test`` (default) or ``valid``.
@@ -83,18 +97,20 @@ class EvaluateOperator(MLBaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "model_name", "input_task_id", "model_uri", "data_uri", "split", "task", "threshold", "min_metrics",
+        "model_name", "input_task_id", "preprocess_task_id", "model_uri", "data_uri", "split", "task", "threshold", "min_metrics",
         "max_metrics", "compare_on", "min_improvement", "champion", "registry", "variable_prefix",
         "storage_root", "output_uri",
     )
     template_fields_renderers = {"min_metrics": "json", "max_metrics": "json"}
     ui_color = "#ece4fc"
+    record_kind = "evaluate"  # the keys of its XCom: airflow_ml_provider.ml.records.RECORD_KEYS
 
     def __init__(
         self,
         *,
         model_name: str,
         input_task_id: str | None = "train",
+        preprocess_task_id: str | None = "preprocess",
         model_uri: str | None = None,
         data_uri: str | None = None,
         split: str = "test",
@@ -117,6 +133,7 @@ class EvaluateOperator(MLBaseOperator):
         self.output_uri = output_uri
         self.model_name = model_name
         self.input_task_id = input_task_id
+        self.preprocess_task_id = preprocess_task_id
         self.model_uri = model_uri
         self.data_uri = data_uri
         self.split = split
@@ -200,17 +217,21 @@ class EvaluateOperator(MLBaseOperator):
         from airflow_ml_provider.ml.feature_table import read_feature_table
         from airflow_ml_provider.ml.gates import evaluate_gates
         from airflow_ml_provider.ml.metrics import compute_metrics
+        from airflow_ml_provider.ml.records import check_same_spec, make_record
         from airflow_ml_provider.ml.trainers import load_predictor
 
-        train = None
-        model_uri, data_uri = self.model_uri, self.data_uri
-        if not model_uri or not data_uri:
+        model_uri, data_uri, spec_hash = self.model_uri, self.data_uri, None
+        if not model_uri:
             train = self.upstream(context, self.input_task_id)
-            model_uri = model_uri or train["uri"]
-            prep = train.get("preprocess") or {}
-            data_uri = data_uri or prep.get(self.split) or prep.get("valid")
-        if (train or {}).get("task") == "embedding":
-            raise ValueError(_EMBEDDING_MESSAGE.format(op=f"EvaluateOperator({self.task_id})"))
+            if train.get("task") == "embedding":
+                raise ValueError(_EMBEDDING_MESSAGE.format(op=f"EvaluateOperator({self.task_id})"))
+            model_uri, spec_hash = train["uri"], train.get("spec_hash")
+        if not data_uri:
+            prep = self.upstream(context, self.preprocess_task_id)
+            data_uri = prep.get(self.split) or prep.get("valid")
+            check_same_spec(f"EvaluateOperator({self.task_id})", self.input_task_id, spec_hash,
+                            self.preprocess_task_id, prep.get("spec_hash"))
+            spec_hash = spec_hash or prep.get("spec_hash")
         if not data_uri:
             raise ValueError(f"EvaluateOperator({self.task_id}): no {self.split} feature table to score (set data_uri)")
         threshold = self.as_float("threshold", self.threshold, allow_none=False)
@@ -261,16 +282,23 @@ class EvaluateOperator(MLBaseOperator):
                     "champion_version": record.version if record is not None else None, "config": cfg}
             (local / "gate.json").write_text(json.dumps(_json_safe(gate), indent=2, sort_keys=True))
             self.publish_dir(local, out_uri)
-        return {
-            "uri": out_uri,
-            "metrics_uri": storage.join(out_uri, "metrics.json"),
-            "charts_uri": storage.join(out_uri, "charts") if chart_files else None,
-            "charts": chart_files,
-            "metrics": _json_safe(numeric),
-            "gate": _json_safe(gate),
-            "model_name": self.model_name,
-            "train": train if train is not None else {"uri": model_uri, "preprocess": {self.split: data_uri}},
-        }
+        return make_record(
+            "evaluate",
+            uri=out_uri,
+            model_name=self.model_name,
+            model_uri=model_uri,
+            data_uri=data_uri,
+            spec_hash=spec_hash,
+            task=task,
+            n_rows=int(ds.n_rows),
+            **{m: numeric.get(m) for m in _RECORD_METRICS},
+            metrics_uri=storage.join(out_uri, "metrics.json"),
+            charts_uri=storage.join(out_uri, "charts") if chart_files else None,
+            gate_uri=storage.join(out_uri, "gate.json"),
+            gate_passed=bool(result.passed),
+            gate_reasons=[str(r) for r in result.reasons],
+            champion_version=record.version if record is not None else None,
+        )
 
     def _charts(self, y: Any, scores: Any, task: str, importance: Mapping[str, float], out: Path) -> list[str]:
         """Draw the PNG charts into ``out``; returns their file names."""

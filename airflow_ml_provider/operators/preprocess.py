@@ -14,11 +14,12 @@ Output directory: ``fitted_spec.json`` (config + learned state + content hash: w
 serving both load) and ``train/valid/test.parquet`` feature tables
 (:mod:`airflow_ml_provider.ml.feature_table`: a float32 matrix, the label, and ``keep_columns``).
 
-XCom (``return_value``)::
+XCom (``return_value``): the flat ``preprocess`` record of :mod:`airflow_ml_provider.ml.records`::
 
-    {"uri": <dir>, "fitted_spec": <uri>, "train": <uri>, "valid": <uri|null>, "test": <uri|null>,
-     "label": <label column>, "n_features": d, "spec_hash": <content hash>, "rows": {...},
-     "sample": <the sample task's XCom>}
+    {"uri": <dir>, "fitted_spec_uri": <uri>, "spec_hash": <FittedSpec.content_hash>,
+     "spec_source": <where the spec YAML came from>, "raw_train_uri": <the split the spec was fitted on>,
+     "train": <uri>, "valid": <uri|null>, "test": <uri|null>, "label": <label column>,
+     "n_features": d, "rows_train": n, "rows_valid": n, "rows_test": n}
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class PreprocessOperator(MLBaseOperator):
         "output_uri",
     )
     ui_color = "#fdf1dc"
+    record_kind = "preprocess"  # the keys of its XCom: airflow_ml_provider.ml.records.RECORD_KEYS
 
     def __init__(
         self,
@@ -122,8 +124,8 @@ class PreprocessOperator(MLBaseOperator):
         from airflow_ml_provider.ml import storage
         from airflow_ml_provider.ml.feature_table import write_feature_table
         from airflow_ml_provider.ml.features import FeatureSpec, fit
+        from airflow_ml_provider.ml.records import make_record
 
-        sample = None
         inputs = {"train": self.train_uri, "valid": self.valid_uri, "test": self.test_uri}
         if not inputs["train"]:
             sample = self.upstream(context, self.input_task_id)
@@ -185,14 +187,15 @@ class PreprocessOperator(MLBaseOperator):
                 self.log.info("%s: %d rows x %d features", split, X.shape[0], X.shape[1])
                 del X, df
             self.publish_dir(local, out_uri)
-        return {
-            "uri": out_uri,
-            "fitted_spec": storage.join(out_uri, "fitted_spec.json"),
+        return make_record(
+            "preprocess",
+            uri=out_uri,
+            fitted_spec_uri=storage.join(out_uri, "fitted_spec.json"),
+            spec_hash=fitted.content_hash,
+            spec_source=where,
+            raw_train_uri=str(inputs["train"]),
             **{s: (storage.join(out_uri, f"{s}.parquet") if s in rows else None) for s in SPLITS},
-            "label": label,
-            "n_features": len(names),
-            "spec_hash": getattr(fitted, "content_hash", None),
-            "spec_source": where,
-            "rows": rows,
-            "sample": sample,
-        }
+            label=label,
+            n_features=len(names),
+            **{f"rows_{s}": rows.get(s, 0) for s in SPLITS},
+        )

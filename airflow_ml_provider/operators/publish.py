@@ -21,7 +21,16 @@ scheduled on "a new model was published"::
     @dag(schedule=[model_asset("audio_listen_30s")])
     def refresh_recommendations(): ...
 
-XCom (``return_value``)::
+Inputs, each read from the task that produced it (no task embeds its upstream's record): the gate,
+the judged model and its metrics from the evaluation task (``input_task_id``); the model from the
+training task (``train_task_id``) when there is no evaluation; the fitted spec and the lineage
+(training data, feature tables, spec source) from the preprocessing task (``preprocess_task_id``).
+Framework, task, params and best iteration come from the model directory's ``metadata.json``. The
+fitted spec must be the one the model's features came from (same ``spec_hash``); the bundle records
+it under ``metadata["spec_hash"]`` (:data:`airflow_ml_provider.ml.bundle.SPEC_HASH_KEY`), the key
+the model service checks.
+
+XCom (``return_value``): the flat ``publish`` record of :mod:`airflow_ml_provider.ml.records`::
 
     {"name": ..., "version": n, "uri": <bundle uri>, "checksum": ..., "registry_id": n,
      "evaluated": bool}
@@ -29,6 +38,7 @@ XCom (``return_value``)::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +61,9 @@ class PublishModelOperator(MLBaseOperator):
     :param model_name: the registry name of the model.
     :param input_task_id: the evaluation task (its XCom has the gate, metrics and charts).
     :param train_task_id: the training task, used when the evaluation task produced nothing.
-    :param fitted_spec_uri: the fitted spec, overriding the one from upstream XComs.
+    :param preprocess_task_id: the preprocessing task: the fitted spec and the lineage (training
+        data and feature tables) recorded in the bundle (default ``preprocess``).
+    :param fitted_spec_uri: the fitted spec, overriding the preprocessing task's.
     :param registry: the model registry: a SQLAlchemy URL or an Airflow connection id; default
         ``$AIRFLOW_ML_REGISTRY`` or SQLite under ``$AIRFLOW_ML_HOME``.
     :param require_evaluation: skip the publish when the evaluation task produced nothing in this
@@ -61,10 +73,11 @@ class PublishModelOperator(MLBaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "model_name", "input_task_id", "train_task_id", "fitted_spec_uri", "registry", "extra_metadata",
+        "model_name", "input_task_id", "train_task_id", "preprocess_task_id", "fitted_spec_uri", "registry", "extra_metadata",
         "storage_root",
     )
     ui_color = "#dcf3fc"
+    record_kind = "publish"  # the keys of its XCom: airflow_ml_provider.ml.records.RECORD_KEYS
 
     def __init__(
         self,
@@ -72,6 +85,7 @@ class PublishModelOperator(MLBaseOperator):
         model_name: str,
         input_task_id: str | None = "evaluate",
         train_task_id: str | None = "train",
+        preprocess_task_id: str | None = "preprocess",
         fitted_spec_uri: str | None = None,
         registry: str | None = None,
         require_evaluation: bool = False,
@@ -85,6 +99,7 @@ class PublishModelOperator(MLBaseOperator):
         self.model_name = model_name
         self.input_task_id = input_task_id
         self.train_task_id = train_task_id
+        self.preprocess_task_id = preprocess_task_id
         self.fitted_spec_uri = fitted_spec_uri
         self.registry = registry
         self.require_evaluation = require_evaluation
@@ -95,9 +110,12 @@ class PublishModelOperator(MLBaseOperator):
 
         from airflow_ml_provider.hooks.registry import resolve_registry_url
         from airflow_ml_provider.ml import storage
-        from airflow_ml_provider.ml.bundle import build_bundle
+        from airflow_ml_provider.ml.bundle import SPEC_HASH_KEY, build_bundle
+        from airflow_ml_provider.ml.records import check_same_spec, make_record
         from airflow_ml_provider.ml.registry import ModelRegistry, publish_model
+        from airflow_ml_provider.ml.trainers import read_metadata
 
+        name = f"PublishModelOperator({self.task_id})"
         ev = self._this_run_xcom(context, self.input_task_id)
         if ev is None:
             if self.require_evaluation:
@@ -110,60 +128,68 @@ class PublishModelOperator(MLBaseOperator):
                 "or metrics (set require_evaluation=True to skip instead).", self.input_task_id, self.model_name,
             )
             train = self.upstream(context, self.train_task_id)
+            model_uri, model_task, spec_hash = train["uri"], self.train_task_id, train.get("spec_hash")
+            if not self.fitted_spec_uri and train.get("task") == "embedding":
+                raise ValueError(
+                    f"{name}: {train.get('framework')} embeddings have no fitted feature spec, and a model bundle "
+                    "needs one (the online service scores feature vectors); use the model directory written by "
+                    f"the training task instead: {model_uri}"
+                )
         else:
-            gate = ev.get("gate") or {}
-            if not gate.get("passed", False):
-                reasons = "; ".join(gate.get("reasons") or ["unknown reason"])
+            if not ev.get("gate_passed", False):
+                reasons = "; ".join(ev.get("gate_reasons") or ["unknown reason"])
                 raise AirflowSkipException(f"Not publishing {self.model_name!r}: gate failed: {reasons}")
-            train = ev.get("train") or {}
-        prep = train.get("preprocess") or {}
-        sample = prep.get("sample") or {}
-        spec_uri = self.fitted_spec_uri or prep.get("fitted_spec")
-        if not spec_uri and train.get("task") == "embedding":
-            raise ValueError(
-                f"PublishModelOperator({self.task_id}): {train.get('framework')} embeddings have no fitted feature "
-                "spec, and a model bundle needs one (the online service scores feature vectors); use the model "
-                f"directory written by the training task instead: {train.get('uri')}"
-            )
+            model_uri, model_task, spec_hash = ev["model_uri"], self.input_task_id, ev.get("spec_hash")
+        prep: dict[str, Any] = {}
+        spec_uri = self.fitted_spec_uri
         if not spec_uri:
-            raise ValueError(f"PublishModelOperator({self.task_id}): no fitted spec (set fitted_spec_uri)")
+            prep = self.upstream(context, self.preprocess_task_id) or {}
+            spec_uri = prep.get("fitted_spec_uri")
+            check_same_spec(name, model_task, spec_hash, self.preprocess_task_id, prep.get("spec_hash"))
+        if not spec_uri:
+            raise ValueError(f"{name}: no fitted spec (set fitted_spec_uri or preprocess_task_id)")
         dag_id = context["dag"].dag_id if context.get("dag") is not None else self.dag_id
         run_id = context.get("run_id") or context["dag_run"].run_id
         storage_root = self.resolved_storage_root()
-        metadata = {
-            "model_name": self.model_name,
-            "dag_id": dag_id,
-            "run_id": run_id,
-            "task": train.get("task"),
-            "params": train.get("params"),
-            "best_iteration": train.get("best_iteration"),
-            "model_source_uri": train.get("uri"),
-            "training_data_uri": sample.get("train") or prep.get("train"),
-            "feature_tables_uri": prep.get("uri"),
-            "spec_hash": prep.get("spec_hash"),
-            "spec_source": prep.get("spec_source"),
-            "evaluated": ev is not None,
-            "gate": (ev or {}).get("gate"),
-            **(self.extra_metadata or {}),
-        }
         registry = ModelRegistry(resolve_registry_url(self.registry or default_registry()))
         existing = registry.find_run(self.model_name, dag_id, run_id)
         if existing is not None:
             self.log.info("This run already published %s version %s (a retry): nothing new is written.",
                           existing.name, existing.version)
         with self.workdir("publish") as tmp:
-            model_dir = self.fetch_dir(train["uri"], tmp)
+            model_dir = self.fetch_dir(model_uri, tmp)
+            model_meta = read_metadata(model_dir)
             spec_path = self.fetch_file(spec_uri, tmp)
             metrics: Any = {}
             charts: Any = None
+            gate: Any = None
             if ev is not None:
                 metrics = self.fetch_file(ev["metrics_uri"], tmp)
                 if ev.get("charts_uri"):
                     charts = self.fetch_dir(ev["charts_uri"], tmp)
+                gate = json.loads(Path(self.fetch_file(ev["gate_uri"], tmp)).read_text(encoding="utf-8"))
+            metadata = {
+                "model_name": self.model_name,
+                "dag_id": dag_id,
+                "run_id": run_id,
+                "task": model_meta.get("task"),
+                "params": model_meta.get("params"),
+                "best_iteration": model_meta.get("best_iteration"),
+                "model_source_uri": model_uri,
+                "training_data_uri": prep.get("raw_train_uri") or prep.get("train"),
+                "feature_tables_uri": prep.get("uri"),
+                "spec_source": prep.get("spec_source"),
+                "evaluated": ev is not None,
+                "gate": gate,
+                **(self.extra_metadata or {}),
+            }
+            if spec_hash:
+                # build_bundle records the spec file's own hash under this key; given here, it must match
+                metadata[SPEC_HASH_KEY] = spec_hash
             bundle_dir = Path(tmp) / "bundle"
             manifest = build_bundle(bundle_dir, model_dir=model_dir, fitted_spec=spec_path,
-                                    framework=train.get("framework") or "xgboost", metrics=metrics, charts=charts,
-                                    metadata=metadata)
+                                    framework=model_meta.get("framework") or "xgboost", metrics=metrics,
+                                    charts=charts, metadata=metadata)
             self.log.info("Built bundle %s (checksum %s)", bundle_dir, manifest.get("checksum"))
             try:
                 record = publish_model(registry, str(bundle_dir), storage_root, self.model_name,
@@ -179,14 +205,15 @@ class PublishModelOperator(MLBaseOperator):
             for asset in self.outlets or []:
                 if isinstance(asset, Asset):
                     outlet_events[asset].extra = event_extra
-        return {
-            "name": record.name,
-            "version": record.version,
-            "uri": record.bundle_uri,
-            "checksum": record.checksum,
-            "registry_id": record.id,
-            "evaluated": ev is not None,
-        }
+        return make_record(
+            "publish",
+            name=record.name,
+            version=record.version,
+            uri=record.bundle_uri,
+            checksum=record.checksum,
+            registry_id=record.id,
+            evaluated=ev is not None,
+        )
 
     def _this_run_xcom(self, context: Any, task_id: str | None) -> dict[str, Any] | None:
         """The XCom of ``task_id`` in this run only (no fallback: an old evaluation judges an old model)."""

@@ -16,11 +16,13 @@ Values go to the database as **bound parameters** (``parameters``), never format
 
 The pure sampling logic lives in :mod:`airflow_ml_provider.ml.sampling`.
 
-XCom (``return_value``)::
+XCom (``return_value``): the flat ``sample`` record of :mod:`airflow_ml_provider.ml.records`::
 
     {"uri": <output dir>, "train": <uri>, "valid": <uri or null>, "test": <uri or null>,
-     "rows": {"train": n, "valid": n, "test": n}, "rows_read": n, "columns": [...],
-     "schema": {column: arrow type}, "time_boundaries": [...] or null}
+     "rows_train": n, "rows_valid": n, "rows_test": n, "rows_read": n, "n_columns": n,
+     "time_boundaries": [valid_start, test_start] or null}
+
+The column names and types are in the Parquet files' schema.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class SampleOperator(MLBaseOperator):
         "group_column", "time_column", "time_boundaries", "chunk_rows", "storage_root", "output_uri",
     )
     template_ext: Sequence[str] = (".sql",)
+    record_kind = "sample"  # the keys of its XCom: airflow_ml_provider.ml.records.RECORD_KEYS
     template_fields_renderers = {"sql": "sql", "parameters": "json", "sources": "json"}
     ui_color = "#e3eefc"
 
@@ -177,6 +180,7 @@ class SampleOperator(MLBaseOperator):
 
     def run(self, context: Any) -> dict[str, Any]:
         from airflow_ml_provider.ml import sampling, storage
+        from airflow_ml_provider.ml.records import make_record
 
         plan = self.build_plan()
         sources = self.source_list()
@@ -207,17 +211,20 @@ class SampleOperator(MLBaseOperator):
             result = sampling.run_sampling(chunks, plan, local_out, log=self.log.info)
             self.publish_dir(local_out, out_uri)
         files = {s: storage.join(out_uri, f"{s}.parquet") for s in result.files}
-        return {
-            "uri": out_uri,
-            "train": files.get("train"),
-            "valid": files.get("valid"),
-            "test": files.get("test"),
-            "rows": result.rows,
-            "rows_read": result.rows_read,
-            "columns": result.columns,
-            "schema": result.schema,
-            "time_boundaries": result.time_boundaries,
-        }
+        rows = result.rows or {}
+        return make_record(
+            "sample",
+            uri=out_uri,
+            train=files.get("train"),
+            valid=files.get("valid"),
+            test=files.get("test"),
+            rows_train=int(rows.get("train") or 0),
+            rows_valid=int(rows.get("valid") or 0),
+            rows_test=int(rows.get("test") or 0),
+            rows_read=result.rows_read,
+            n_columns=len(result.columns or []),
+            time_boundaries=result.time_boundaries,
+        )
 
     # ------------------------------------------------------------------------------------------
 

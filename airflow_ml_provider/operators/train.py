@@ -18,13 +18,20 @@ Progress is logged per iteration / epoch (``[12/200] valid-auc=0.8123 valid-logl
 model directory (the framework's model files + ``metadata.json``: params, library versions,
 feature names, best iteration, eval history) is written atomically to the output URI.
 
-XCom (``return_value``) of :class:`TrainModelOperator` and :class:`XGBoostTrainOperator` -- what
+XCom (``return_value``) of :class:`TrainModelOperator` and :class:`XGBoostTrainOperator` -- the
+flat ``train`` record of :mod:`airflow_ml_provider.ml.records`, what
 :class:`~airflow_ml_provider.operators.evaluate.EvaluateOperator` and
 :class:`~airflow_ml_provider.operators.publish.PublishModelOperator` read, whatever the framework::
 
     {"uri": <model dir>, "framework": "xgboost", "task": "binary", "best_iteration": n,
-     "final_metrics": {"valid-auc": ...}, "train_seconds": s, "params": {...},
-     "preprocess": <preprocess XCom>}
+     "final_metric": "valid-auc", "final_metric_value": 0.74, "train_seconds": s,
+     "spec_hash": <content hash of the fitted spec the features came from, or null>,
+     "train_uri": <feature table>, "valid_uri": <feature table or null>}
+
+``final_metric`` is the metric that drives early stopping (the last eval metric, on the validation
+table when there is one) and ``final_metric_value`` its last logged value; the whole history, the
+effective params and the library versions are in the model directory's ``metadata.json``.
+:class:`Word2VecTrainOperator` returns the ``word2vec`` record (see its docstring).
 
 Heavy libraries (xgboost, tensorflow, scikit-learn, gensim, pandas) are imported inside
 ``execute`` only: importing this module is cheap.
@@ -45,8 +52,15 @@ FEATURE_TABLE_FRAMEWORKS = ("xgboost", "tensorflow", "linear", "gbdt")
 _ALIASES = {"xgb": "xgboost", "tf": "tensorflow", "keras": "tensorflow", "lr": "linear"}
 
 
-def _jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+def _final_metric(history: Mapping[str, Mapping[str, Sequence[float]]] | None) -> tuple[str | None, Any]:
+    """The metric that drives early stopping and its last value: the last metric of the validation
+    history (else of the last data set), as ``("valid-auc", 0.74)``; ``(None, None)`` without history."""
+    history = history or {}
+    data = "valid" if history.get("valid") else next(reversed([d for d, m in history.items() if m]), None)
+    if data is None:
+        return None, None
+    name, values = list(history[data].items())[-1]
+    return f"{data}-{name}", (values[-1] if values else None)
 
 
 class TrainModelOperator(MLBaseOperator):
@@ -72,6 +86,7 @@ class TrainModelOperator(MLBaseOperator):
     )
     template_fields_renderers = {"hyperparams": "json"}
     ui_color = "#fce4e4"
+    record_kind = "train"  # the keys of its XCom: airflow_ml_provider.ml.records.RECORD_KEYS
 
     def __init__(
         self,
@@ -134,6 +149,7 @@ class TrainModelOperator(MLBaseOperator):
 
     def run(self, context: Any) -> dict[str, Any]:
         from airflow_ml_provider.ml.feature_table import read_feature_table
+        from airflow_ml_provider.ml.records import make_record
         from airflow_ml_provider.ml.trainers import get_trainer
 
         framework = self.framework_name()
@@ -159,22 +175,20 @@ class TrainModelOperator(MLBaseOperator):
             local = f"{tmp}/model"
             result = get_trainer(framework).train(train, valid, params, local, log=self.log.info)
             self.publish_dir(local, out_uri)
-        final = {
-            f"{data}-{metric}": values[-1]
-            for data, metrics in (result.history or {}).items()
-            for metric, values in metrics.items()
-            if values
-        }
-        return {
-            "uri": out_uri,
-            "framework": result.framework,
-            "task": result.task,
-            "best_iteration": result.best_iteration,
-            "final_metrics": final,
-            "train_seconds": (result.extra or {}).get("train_seconds"),
-            "params": _jsonable_params(result.params),
-            "preprocess": prep if prep is not None else {"train": train_uri, "valid": valid_uri},
-        }
+        metric, value = _final_metric(result.history)
+        return make_record(
+            "train",
+            uri=out_uri,
+            framework=result.framework,
+            task=result.task,
+            best_iteration=result.best_iteration,
+            final_metric=metric,
+            final_metric_value=value,
+            train_seconds=(result.extra or {}).get("train_seconds"),
+            spec_hash=(prep or {}).get("spec_hash"),
+            train_uri=train_uri,
+            valid_uri=valid_uri,
+        )
 
 
 class XGBoostTrainOperator(TrainModelOperator):
@@ -295,6 +309,12 @@ class Word2VecTrainOperator(MLBaseOperator):
     measured on its sequences, next to the most-popular-items baseline, logged, written to
     ``evaluation.json`` in the model directory and pushed in the XCom.
 
+    XCom: the flat ``word2vec`` record of :mod:`airflow_ml_provider.ml.records`: ``uri`` (the model
+    directory), ``framework`` (``word2vec``), ``task`` (``embedding``), ``train_seconds``,
+    ``train_uri``, ``valid_uri``, ``vocabulary_size``, ``sentences``, ``eval_k``, ``hit_rate``,
+    ``popularity_hit_rate`` (null without evaluation) and ``evaluation_uri`` (``evaluation.json``, or
+    null). The effective params are in the model directory's ``metadata.json``.
+
     :param input_task_id: the sampling task whose XCom names the tables (default ``sample``).
     :param split: which table of that XCom to train on (default ``train``).
     :param valid_split: which table to evaluate on (default ``valid``; None: no evaluation).
@@ -326,6 +346,7 @@ class Word2VecTrainOperator(MLBaseOperator):
     )
     template_fields_renderers = {"w2v_params": "json"}
     ui_color = "#fcefe4"
+    record_kind = "word2vec"  # the keys of its XCom: airflow_ml_provider.ml.records.RECORD_KEYS
 
     def __init__(
         self,
@@ -428,13 +449,14 @@ class Word2VecTrainOperator(MLBaseOperator):
         import logging
 
         logging.getLogger("gensim").setLevel(logging.WARNING)
+        from airflow_ml_provider.ml import storage
         from airflow_ml_provider.ml.feature_table import Dataset
         from airflow_ml_provider.ml.item2vec import next_item_hit_rate
+        from airflow_ml_provider.ml.records import make_record
         from airflow_ml_provider.ml.trainers import get_trainer
 
         params = self.trainer_params()
         eval_k = self.as_int("eval_k", self.eval_k, allow_none=False)
-        upstream = None
         train_uri, valid_uri = self.train_uri, self.valid_uri
         if not train_uri:
             upstream = self.upstream(context, self.input_task_id)
@@ -476,25 +498,19 @@ class Word2VecTrainOperator(MLBaseOperator):
                 with open(f"{local}/evaluation.json", "w") as fh:
                     json.dump(evaluation, fh, indent=2, sort_keys=True)
             self.publish_dir(local, out_uri)
-        final = {
-            f"{data}-{metric}": values[-1]
-            for data, metrics in (result.history or {}).items()
-            for metric, values in metrics.items()
-            if values
-        }
-        if evaluation is not None and evaluation["hit_rate"] is not None:
-            final[f"valid-hit_rate@{eval_k}"] = evaluation["hit_rate"]
-            final[f"valid-popularity_hit_rate@{eval_k}"] = evaluation["popularity_hit_rate"]
-        return {
-            "uri": out_uri,
-            "framework": result.framework,
-            "task": result.task,
-            "best_iteration": None,
-            "final_metrics": final,
-            "evaluation": evaluation,
-            "train_seconds": (result.extra or {}).get("train_seconds"),
-            "params": _jsonable_params(result.params),
-            "vocabulary_size": len(result.predictor),
-            "sentences": len(sentences),
-            "input": {"train": train_uri, "valid": valid_uri, "sample": upstream},
-        }
+        scored = evaluation is not None and evaluation["hit_rate"] is not None
+        return make_record(
+            "word2vec",
+            uri=out_uri,
+            framework=result.framework,
+            task=result.task,
+            train_seconds=(result.extra or {}).get("train_seconds"),
+            train_uri=train_uri,
+            valid_uri=valid_uri,
+            vocabulary_size=len(result.predictor),
+            sentences=len(sentences),
+            eval_k=eval_k,
+            hit_rate=evaluation["hit_rate"] if scored else None,
+            popularity_hit_rate=evaluation["popularity_hit_rate"] if scored else None,
+            evaluation_uri=storage.join(out_uri, "evaluation.json") if evaluation is not None else None,
+        )

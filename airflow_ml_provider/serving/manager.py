@@ -138,16 +138,27 @@ def record_version(record: Any) -> int:
     return int(record.version)
 
 
-def _expected_spec_hash(bundle: Any) -> str | None:
-    """The fitted spec's content hash as recorded at build time (metadata.json / manifest), if any."""
-    for source in (getattr(bundle, "metadata", None) or {}, getattr(bundle, "manifest", None) or {}):
-        for key in ("spec_hash", "fitted_spec_hash", "spec_content_hash", "feature_spec_hash"):
-            if source.get(key):
-                return str(source[key])
-        spec_info = source.get("fitted_spec") or source.get("spec")
-        if isinstance(spec_info, Mapping) and spec_info.get("content_hash"):
-            return str(spec_info["content_hash"])
-    return None
+def _check_spec_hash(bundle: Any, spec: Any) -> None:
+    """The loaded spec must be the one the bundle names under ``metadata[SPEC_HASH_KEY]``.
+
+    That key (``spec_hash``, see :mod:`airflow_ml_provider.ml.bundle`) is the only one read. A
+    bundle without it (built by hand before ``build_bundle`` recorded it) loads with a warning; its
+    files are still verified against the manifest.
+    """
+    from airflow_ml_provider.ml.bundle import METADATA, SPEC_HASH_KEY, BundleError
+
+    try:
+        expected = bundle.spec_hash
+    except BundleError as exc:
+        raise ModelLoadError(str(exc)) from None
+    actual = getattr(spec, "content_hash", None)
+    if expected is None:
+        log.warning("bundle %s: %s names no %r: the fitted spec's content hash is not checked",
+                    bundle.root, METADATA, SPEC_HASH_KEY)
+        return
+    if str(expected) != str(actual):
+        raise ModelLoadError(f"the fitted spec's content hash {actual} does not match the one the bundle's "
+                             f"{METADATA} records under {SPEC_HASH_KEY!r} ({expected})")
 
 
 def _warm_up(model: LoadedModel) -> None:
@@ -221,11 +232,7 @@ def load_model(name: str, record: Any, cache_dir: Path, *, predict_threads: int 
         # The fitted spec comes from the bundle -- never from a shared location -- so a changed
         # custom transformer reaches the service only inside a newly published bundle.
         spec = FittedSpec.load(bundle.fitted_spec_path)
-        expected = _expected_spec_hash(bundle)
-        actual = getattr(spec, "content_hash", None)
-        if expected and actual and str(expected) != str(actual):
-            raise ModelLoadError(f"the fitted spec's content hash {actual} does not match the one recorded "
-                                 f"in the bundle ({expected})")
+        _check_spec_hash(bundle, spec)
         predictor = load_predictor(bundle.framework, bundle.model_dir)
         set_predict_threads(predictor, predict_threads)
         trained_on = list(getattr(predictor, "feature_names", None) or [])

@@ -39,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from .. import safeyaml
 from .errors import FeatureSpecError
 from .registry import TransformerLookupError, available_transformers, get_transformer_class
 from .transformers import (
@@ -85,9 +86,13 @@ Path_ = tuple  # a path into the YAML document, e.g. ("item_features", 0, "trans
 
 
 def _load_yaml_with_lines(text: str, source: str | None) -> tuple[Any, dict[Path_, int]]:
-    """Parse YAML into plain Python data plus a map from document path to 1-based line."""
+    """Parse YAML into plain Python data plus a map from document path to 1-based line.
+
+    Read with the project's bounded loader (:mod:`airflow_ml_provider.ml.safeyaml`): aliases that
+    would expand past its limit, self-referring aliases, deep nesting and oversized integers are
+    refused while composing, before this walk expands anything."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node, constructor = safeyaml.compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -99,7 +104,6 @@ def _load_yaml_with_lines(text: str, source: str | None) -> tuple[Any, dict[Path
         ) from None
     if node is None:
         return None, {}
-    constructor = yaml.constructor.SafeConstructor()
     lines: dict[Path_, int] = {}
 
     def walk(n: yaml.Node, path: Path_) -> Any:
@@ -128,7 +132,7 @@ def _load_yaml_with_lines(text: str, source: str | None) -> tuple[Any, dict[Path
             return constructor.construct_object(n, deep=True)
         except yaml.YAMLError as exc:
             raise FeatureSpecError(
-                f"invalid value: {exc}", line=n.start_mark.line + 1, source=source
+                f"invalid value: {getattr(exc, 'problem', None) or exc}", line=n.start_mark.line + 1, source=source
             ) from None
 
     return walk(node, ()), lines
