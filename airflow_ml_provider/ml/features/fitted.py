@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import safejson
 from .errors import FeatureError, FeatureSpecError, FeatureTypeError, MissingFeatureError
 from .registry import TransformerLookupError, get_transformer_class
 from .rowcode import compile_row_function
@@ -602,9 +603,10 @@ class FittedSpec:
     @classmethod
     def from_json(cls, text: str | bytes, source: str | None = None) -> FittedSpec:
         try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise FeatureSpecError(f"not a fitted spec (invalid JSON: {exc})", source=source) from None
+            doc = safejson.loads(text, source=source or "<string>")
+        except safejson.JSONInputError as exc:
+            at = f" (at {exc.path})" if exc.path else ""
+            raise FeatureSpecError(f"not a fitted spec: {exc.problem}{at}", line=exc.line, source=source) from None
         return cls.from_dict(doc, source=source)
 
     @classmethod
