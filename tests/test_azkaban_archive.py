@@ -10,6 +10,7 @@ import struct
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -273,3 +274,110 @@ def test_directory_listing_skips_mac_junk(tmp_path):
     (proj / "a.job").write_text("type=noop\n")
     (proj / "___azkaban_project_dir_size_in_bytes___").write_text("1")
     assert list_project_files(proj) == ["a.job"]
+
+
+# ------------------------------------------------------------------------ bombs (issue 10, point 10)
+def _gzip_tar_bomb(path: Path, member: str, size: int, chunk: int = 1 << 20) -> Path:
+    """A real ``.tar.gz`` whose one member holds ``size`` zero bytes, written in well under a second.
+
+    gzip-ing 20 GB of zeros would take a minute, so the deflate stream is built from one block:
+    ``chunk`` zeros compressed then flushed with Z_FULL_FLUSH (which resets the compressor), so the
+    same bytes stand for every further ``chunk`` of zeros and are simply repeated. The gzip
+    trailer's CRC is not computed (a reader only checks it at the very end of the stream, which a
+    refused archive never reaches); the sizes and the deflate data are exact.
+    """
+    info = tarfile.TarInfo(member)
+    info.size = size
+    info.mode = 0o644
+    header = info.tobuf(format=tarfile.PAX_FORMAT)  # sizes past 8 GiB need a PAX header
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    with path.open("wb") as out:
+        out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff")  # gzip header, no name, no mtime
+        out.write(comp.compress(header) + comp.flush(zlib.Z_FULL_FLUSH))
+        block = comp.compress(bytes(chunk)) + comp.flush(zlib.Z_FULL_FLUSH)
+        again = comp.compress(bytes(chunk)) + comp.flush(zlib.Z_FULL_FLUSH)
+        assert again == block  # the compressor state really is reset by each full flush
+        n, rest = divmod(size, chunk)
+        for _ in range(n - 2):  # two chunks were compressed above already
+            out.write(block)
+        tail = bytes(rest) + bytes(-size % 512) + bytes(1024)  # member padding, end-of-archive
+        out.write(comp.compress(tail) + comp.flush())
+        out.write(struct.pack("<II", 0, (len(header) + size + len(tail) - rest) & 0xFFFFFFFF))
+    return path
+
+
+def test_tar_gz_bomb_of_20_gb_is_refused_at_its_header(tmp_path, private_tmp, capsys):
+    """A 21 MB .tar.gz expanding to 20 GB: refused in well under 5 s (was 75 s), archive and entry named."""
+    import time
+
+    from airflow_ml_provider.cli import main as cli_main
+
+    size = 20 * 1000**3
+    bomb = _gzip_tar_bomb(tmp_path / "bomb.tar.gz", "proj/data/zeros.bin", size)
+    assert 15e6 < bomb.stat().st_size < 30e6  # about 21 MB on disk
+    started = time.monotonic()
+    with pytest.raises(ArchiveError) as err:
+        load_project(bomb)
+    elapsed = time.monotonic() - started
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+    assert err.value.entry == "proj/data/zeros.bin"
+    assert "bomb.tar.gz" in str(err.value) and f"declares {size} bytes" in str(err.value)
+    assert list(private_tmp.iterdir()) == []
+
+    # the migrate command: exit 1, one line naming the archive and the entry, no DAG written
+    started = time.monotonic()
+    rc = cli_main(["azkaban", "migrate", str(bomb), "--out", str(tmp_path / "dags")])
+    elapsed = time.monotonic() - started
+    captured = capsys.readouterr()
+    assert rc != 0 and elapsed < 5
+    assert "bomb.tar.gz" in captured.err and "zeros.bin" in captured.err
+    assert "Traceback" not in captured.err
+    assert not list((tmp_path / "dags").glob("*.py")) if (tmp_path / "dags").exists() else True
+
+
+def test_tar_total_size_limit_stops_reading_at_the_entry_that_passes_it(tmp_path):
+    """Many members each under the per-entry limit: the entry that passes the total is named and
+    nothing after it is read or written."""
+    members = [(tar_info(f"p/z{i:02d}.bin"), bytes(1 << 20)) for i in range(40)]  # 40 x 1 MiB
+    t = make_tar(tmp_path / "many.tar.gz", [(tar_info("p/a.job"), b"type=noop\n"), *members])
+    out = tmp_path / "out"
+    limits = ArchiveLimits(max_total_bytes=8 << 20, max_member_bytes=2 << 20)
+    with pytest.raises(ArchiveError, match=r"entry 'p/z07.bin': archive expands past the size limit"):
+        open_project_archive(t, out, limits)
+    written = sorted(p.name for p in out.rglob("*.bin"))
+    assert written == [f"z{i:02d}.bin" for i in range(7)]  # z07 and later never written
+
+
+def test_per_entry_size_limit(tmp_path):
+    t = make_tar(
+        tmp_path / "one.tar", [(tar_info("a.job"), b"type=noop\n"), (tar_info("big.bin"), bytes(3 << 20))]
+    )
+    with pytest.raises(
+        ArchiveError, match=r"entry 'big.bin': entry declares 3145728 bytes, past the size limit"
+    ):
+        open_project_archive(t, tmp_path / "o1", ArchiveLimits(max_member_bytes=1 << 20))
+    z = make_zip(tmp_path / "one.zip", [("a.job", b"type=noop\n"), ("big.bin", bytes(3 << 20))])
+    with pytest.raises(ArchiveError, match=r"entry 'big.bin': entry declares 3145728 bytes"):
+        open_project_archive(z, tmp_path / "o2", ArchiveLimits(max_member_bytes=1 << 20))
+    assert not (tmp_path / "o2" / "big.bin").exists()  # a zip is checked in full before writing
+
+
+def test_tar_entry_count_limit_while_streaming(tmp_path):
+    t = make_tar(tmp_path / "many.tar.gz", [(tar_info(f"f{i}.txt"), b"x") for i in range(50)])
+    out = tmp_path / "out"
+    with pytest.raises(
+        ArchiveError, match=r"entry 'f20.txt': archive holds more than the limit of 20 entries"
+    ):
+        open_project_archive(t, out, ArchiveLimits(max_files=20))
+    assert len(list(out.iterdir())) == 20  # stopped at the 21st entry
+
+
+def test_single_top_folder_holding_a_folder_of_the_same_name(tmp_path):
+    t = make_tar(
+        tmp_path / "nested.tar.gz",
+        [(tar_info("proj/proj/run.sh"), b"echo hi\n"), (tar_info("proj/a.job"), b"type=noop\n")],
+    )
+    files = open_project_archive(t, tmp_path / "out")
+    assert files.files == ["a.job", "proj/run.sh"]
+    assert (tmp_path / "out" / "proj" / "run.sh").read_bytes() == b"echo hi\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["proj"]

@@ -1,13 +1,17 @@
 """Safe loading of an Azkaban project from a directory, a ``.zip`` or a tar archive.
 
-Extraction never writes outside its private destination directory. Every entry is checked
-*before* anything is written, and the sizes are checked again while writing:
+Extraction never writes outside its private destination directory. The archive is read once,
+as a stream, and every entry is checked when it is reached, before its data is read:
 
 * an entry whose path is absolute (``/x``, ``\\x``, ``C:x``) or contains ``..`` is rejected;
 * symbolic links, hard links and device files are rejected (zip entries flagged as symlinks too);
 * duplicate entries, encrypted zip entries and unreadable archives are rejected;
-* an archive expanding past ``max_total_bytes`` (default 1 GiB) or holding more than
-  ``max_files`` entries (default 100,000) is rejected.
+* an archive holding more than ``max_files`` entries (default 100,000), an entry declaring more
+  than ``max_member_bytes`` (default 512 MiB), or entries declaring more than ``max_total_bytes``
+  in total (default 1 GiB) are rejected at that entry's header: a ``.tar.gz`` bomb stops after
+  reading a few KiB, not after decompressing gigabytes;
+* the bytes actually decompressed are counted while copying, against the same limits, so an
+  archive whose headers under-state sizes stops at the limit too.
 
 Errors are :class:`ArchiveError` and name the archive and the entry.
 ``__MACOSX/`` folders and Azkaban's ``___azkaban_project_dir_size_in_bytes___`` marker are
@@ -23,6 +27,7 @@ import os
 import re
 import stat
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,14 +74,17 @@ class ArchiveError(ProjectLoadError):
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    """Limits applied while extracting.
+    """Limits applied while extracting, checked as each entry is reached (its declared size, before
+    any of its data is read) and again on the bytes actually decompressed.
 
     :param max_total_bytes: the most bytes all entries may expand to (default 1 GiB).
     :param max_files: the most entries (files and directories) an archive may hold.
+    :param max_member_bytes: the most bytes one entry may expand to (default 512 MiB).
     """
 
     max_total_bytes: int = 1 << 30
     max_files: int = 100_000
+    max_member_bytes: int = 512 << 20
 
 
 def is_archive(path: Path) -> bool:
@@ -114,87 +122,27 @@ class _Entry:
     name: str
 
 
-def _zip_entries(zf: zipfile.ZipFile, archive: str) -> Iterator[_Entry]:
-    for info in zf.infolist():
-        name = info.filename
-        parts = _safe_parts(archive, name)
-        mode = (info.external_attr >> 16) & 0xFFFF
-        if stat.S_ISLNK(mode):
-            raise ArchiveError(archive, "symbolic links are not allowed", name)
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) and stat.S_IFMT(mode):
-            raise ArchiveError(archive, "only regular files and directories are allowed", name)
-        if info.flag_bits & 0x1:
-            raise ArchiveError(archive, "encrypted entries are not supported", name)
-        yield _Entry(parts, info.is_dir(), 0 if info.is_dir() else info.file_size, info, name)
+def _zip_entry(info: zipfile.ZipInfo, archive: str) -> _Entry:
+    name = info.filename
+    parts = _safe_parts(archive, name)
+    mode = (info.external_attr >> 16) & 0xFFFF
+    if stat.S_ISLNK(mode):
+        raise ArchiveError(archive, "symbolic links are not allowed", name)
+    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) and stat.S_IFMT(mode):
+        raise ArchiveError(archive, "only regular files and directories are allowed", name)
+    if info.flag_bits & 0x1:
+        raise ArchiveError(archive, "encrypted entries are not supported", name)
+    return _Entry(parts, info.is_dir(), 0 if info.is_dir() else info.file_size, info, name)
 
 
-def _tar_entries(tf: tarfile.TarFile, archive: str) -> Iterator[_Entry]:
-    for member in tf.getmembers():
-        name = member.name
-        parts = _safe_parts(archive, name)
-        if member.issym() or member.islnk():
-            raise ArchiveError(archive, f"links are not allowed (points to {member.linkname!r})", name)
-        if not (member.isfile() or member.isdir()):
-            raise ArchiveError(archive, "only regular files and directories are allowed", name)
-        yield _Entry(parts, member.isdir(), member.size if member.isfile() else 0, member, name)
-
-
-def _check_entries(entries: list[_Entry], archive: str, limits: ArchiveLimits) -> list[_Entry]:
-    if len(entries) > limits.max_files:
-        raise ArchiveError(
-            archive, f"archive holds {len(entries)} entries, more than the limit of {limits.max_files}"
-        )
-    total = 0
-    files: set[str] = set()
-    dirs: set[str] = set()
-    kept: list[_Entry] = []
-    for e in entries:
-        if not e.parts:
-            continue
-        rel = "/".join(e.parts)
-        if is_ignored(rel) or (e.is_dir and e.parts[-1] in IGNORED_DIRS):
-            continue
-        if e.is_dir:
-            if rel in files:
-                raise ArchiveError(archive, "is both a file and a directory", e.name)
-            dirs.add(rel)
-            kept.append(e)
-            continue
-        if rel in files:
-            raise ArchiveError(archive, "duplicate entry", e.name)
-        if rel in dirs:
-            raise ArchiveError(archive, "is both a file and a directory", e.name)
-        for i in range(1, len(e.parts)):
-            prefix = "/".join(e.parts[:i])
-            if prefix in files:
-                raise ArchiveError(archive, f"{prefix!r} is both a file and a directory", e.name)
-            dirs.add(prefix)
-        files.add(rel)
-        total += e.size
-        if total > limits.max_total_bytes:
-            raise ArchiveError(
-                archive,
-                f"archive expands past the size limit of {limits.max_total_bytes} bytes",
-                e.name,
-            )
-        kept.append(e)
-    return kept
-
-
-def _read_limited(src, e: _Entry, archive: str, budget: list[int], limits: ArchiveLimits) -> Iterator[bytes]:
-    """Yield the entry's bytes in chunks, enforcing the total size limit on the real bytes."""
-    while True:
-        chunk = src.read(_CHUNK)
-        if not chunk:
-            return
-        budget[0] += len(chunk)
-        if budget[0] > limits.max_total_bytes:
-            raise ArchiveError(
-                archive,
-                f"archive expands past the size limit of {limits.max_total_bytes} bytes",
-                e.name,
-            )
-        yield chunk
+def _tar_entry(member: tarfile.TarInfo, archive: str) -> _Entry:
+    name = member.name
+    parts = _safe_parts(archive, name)
+    if member.issym() or member.islnk():
+        raise ArchiveError(archive, f"links are not allowed (points to {member.linkname!r})", name)
+    if not (member.isfile() or member.isdir()):
+        raise ArchiveError(archive, "only regular files and directories are allowed", name)
+    return _Entry(parts, member.isdir(), member.size if member.isfile() else 0, member, name)
 
 
 class ProjectFiles:
@@ -224,13 +172,125 @@ MEMORY_ONLY_SUFFIXES = (".job", ".flow", ".project")
 MEMORY_TOO_SUFFIXES = (".properties",)
 
 
-def _open_archive(archive: Path):
-    lower = archive.name.lower()
-    if lower.endswith(".zip") or (not lower.endswith(_ARCHIVE_SUFFIXES) and zipfile.is_zipfile(archive)):
-        zf = zipfile.ZipFile(archive)
-        return zf, _zip_entries, lambda e: zf.open(e.ref)
-    tf = tarfile.open(archive, mode="r:*")  # noqa: SIM115 - the caller closes it (with handle:)
-    return tf, _tar_entries, lambda e: tf.extractfile(e.ref)
+class _Extraction:
+    """One pass over an archive's entries, in archive order, with every check made as the entry is
+    reached: name, type, duplicates, entry count, declared size (per entry and running total),
+    then the bytes actually decompressed while they are copied. Nothing is read past a limit."""
+
+    def __init__(self, archive: str, dest_root: Path, limits: ArchiveLimits, in_memory: bool) -> None:
+        self.archive = archive
+        self.dest_root = dest_root
+        self.limits = limits
+        self.in_memory = in_memory
+        self.count = 0
+        self.declared = 0
+        self.actual = 0
+        self.files: set[str] = set()
+        self.dirs: set[str] = set()
+        self.kept: list[_Entry] = []
+        self.memory: dict[str, bytes] = {}
+        self.made_dirs: set[tuple[str, ...]] = set()
+
+    def _too_big(self, e: _Entry, what: str, limit: int) -> ArchiveError:
+        return ArchiveError(self.archive, f"{what} past the size limit of {limit} bytes", e.name)
+
+    def admit(self, e: _Entry) -> bool:
+        """Check ``e`` before any of its data is read; False for an entry to skip."""
+        self.count += 1
+        if self.count > self.limits.max_files:
+            raise ArchiveError(
+                self.archive, f"archive holds more than the limit of {self.limits.max_files} entries", e.name
+            )
+        if e.size > self.limits.max_member_bytes:
+            raise self._too_big(e, f"entry declares {e.size} bytes,", self.limits.max_member_bytes)
+        self.declared += e.size
+        if self.declared > self.limits.max_total_bytes:
+            raise self._too_big(e, "archive expands", self.limits.max_total_bytes)
+        if not e.parts:
+            return False
+        rel = "/".join(e.parts)
+        if is_ignored(rel) or (e.is_dir and e.parts[-1] in IGNORED_DIRS):
+            return False
+        for i in range(1, len(e.parts)):
+            prefix = "/".join(e.parts[:i])
+            if prefix in self.files:
+                raise ArchiveError(self.archive, f"{prefix!r} is both a file and a directory", e.name)
+        if e.is_dir:
+            if rel in self.files:
+                raise ArchiveError(self.archive, "is both a file and a directory", e.name)
+        else:
+            if rel in self.files:
+                raise ArchiveError(self.archive, "duplicate entry", e.name)
+            if rel in self.dirs:
+                raise ArchiveError(self.archive, "is both a file and a directory", e.name)
+            self.files.add(rel)
+        for i in range(1, len(e.parts) + (1 if e.is_dir else 0)):
+            self.dirs.add("/".join(e.parts[:i]))
+        self.kept.append(e)
+        return True
+
+    def _chunks(self, src, e: _Entry) -> Iterator[bytes]:
+        """The entry's bytes in chunks, counting what is really decompressed against the limits."""
+        got = 0
+        while True:
+            chunk = src.read(_CHUNK)
+            if not chunk:
+                return
+            got += len(chunk)
+            self.actual += len(chunk)
+            if got > self.limits.max_member_bytes:
+                raise self._too_big(e, "entry expands", self.limits.max_member_bytes)
+            if self.actual > self.limits.max_total_bytes:
+                raise self._too_big(e, "archive expands", self.limits.max_total_bytes)
+            yield chunk
+
+    def write(self, e: _Entry, src) -> None:
+        """Store the admitted entry ``e`` whose data ``src`` yields (written under its full path;
+        :meth:`finish` strips a single top-level folder)."""
+        if e.is_dir:
+            _mkdirs(self.dest_root, e.parts, self.made_dirs)
+            return
+        if src is None:
+            raise ArchiveError(self.archive, "cannot read entry", e.name)
+        rel = "/".join(e.parts)
+        with src:
+            lower = rel.lower()
+            if self.in_memory and lower.endswith(MEMORY_ONLY_SUFFIXES + MEMORY_TOO_SUFFIXES):
+                data = b"".join(self._chunks(src, e))
+                self.memory[rel] = data
+                if lower.endswith(MEMORY_ONLY_SUFFIXES):
+                    return
+                chunks: Iterator[bytes] = iter((data,))
+            else:
+                chunks = self._chunks(src, e)
+            _mkdirs(self.dest_root, e.parts[:-1], self.made_dirs)
+            target = os.path.join(self.dest_root, *e.parts)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(target, flags | getattr(os, "O_BINARY", 0), 0o644)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+
+    def finish(self) -> ProjectFiles:
+        """Strip a single top-level folder holding everything; return the project's files."""
+        strip = _top_folder_depth(self.kept)
+        files = ["/".join(e.parts[strip:]) for e in self.kept if not e.is_dir and e.parts[strip:]]
+        memory = self.memory
+        if strip:
+            top = self.kept[0].parts[0]
+            memory = {k.split("/", 1)[1]: v for k, v in memory.items() if "/" in k}
+            top_dir = self.dest_root / top
+            if top_dir.is_dir() and not top_dir.is_symlink():
+                # move the folder aside first: it may hold an entry of its own name
+                aside = Path(tempfile.mkdtemp(prefix=".top-", dir=self.dest_root))
+                moved = aside / "top"
+                os.rename(top_dir, moved)
+                for child in os.listdir(moved):
+                    os.rename(moved / child, self.dest_root / child)
+                os.rmdir(moved)
+                os.rmdir(aside)
+        files.sort(key=lambda r: tuple(r.split("/")))
+        return ProjectFiles(self.dest_root, files, memory)
 
 
 def open_project_archive(
@@ -242,61 +302,48 @@ def open_project_archive(
 
     When every entry sits in one top-level folder, that folder is the project root.
 
+    The archive is read once, as a stream: a tar (also compressed) entry by entry with
+    :mod:`tarfile`'s streaming mode, so a header declaring too many bytes is refused before any of
+    its data is decompressed; a zip's central directory (names, types, count, declared sizes) is
+    checked in full before anything is written. The bytes actually decompressed are counted as
+    they are copied, so an archive whose headers lie stops at the limit too.
+
     :raises ArchiveError: unsafe entry (absolute path, ``..``, link, device), duplicate entry,
-        size / entry-count limit exceeded, or an unreadable archive. All names are checked
-        before anything is written; ``dest`` may hold a partial extraction when a size limit
-        trips while writing (callers extract into a temporary directory they remove).
+        size / entry-count limit exceeded, or an unreadable archive; names the archive and the
+        entry. ``dest`` may hold a partial extraction (callers extract into a temporary
+        directory they remove).
     """
     limits = limits or ArchiveLimits()
     label = archive.name
     dest.mkdir(parents=True, exist_ok=True)
-    dest_root = dest.resolve()
-    budget = [0]
-    memory: dict[str, bytes] = {}
-    files: list[str] = []
+    run = _Extraction(label, dest.resolve(), limits, in_memory)
+    lower = archive.name.lower()
     try:
-        handle, lister, opener = _open_archive(archive)
-        with handle:
-            entries = _check_entries(list(lister(handle, label)), label, limits)
-            strip = _top_folder_depth(entries)
-            made_dirs: set[tuple[str, ...]] = set()
-            for e in entries:
-                parts = e.parts[strip:]
-                if not parts:
-                    continue
-                if e.is_dir:
-                    _mkdirs(dest_root, parts, made_dirs)
-                    continue
-                rel = "/".join(parts)
-                files.append(rel)
-                src = opener(e)
-                if src is None:
-                    raise ArchiveError(label, "cannot read entry", e.name)
-                with src:
-                    lower = rel.lower()
-                    if in_memory and lower.endswith(MEMORY_ONLY_SUFFIXES + MEMORY_TOO_SUFFIXES):
-                        data = b"".join(_read_limited(src, e, label, budget, limits))
-                        memory[rel] = data
-                        if lower.endswith(MEMORY_ONLY_SUFFIXES):
-                            continue
-                        chunks: Iterator[bytes] = iter((data,))
-                    else:
-                        chunks = _read_limited(src, e, label, budget, limits)
-                    _mkdirs(dest_root, parts[:-1], made_dirs)
-                    target = os.path.join(dest_root, *parts)
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                    fd = os.open(target, flags | getattr(os, "O_BINARY", 0), 0o644)
-                    with os.fdopen(fd, "wb") as out:
-                        for chunk in chunks:
-                            out.write(chunk)
+        if lower.endswith(".zip") or (not lower.endswith(_ARCHIVE_SUFFIXES) and zipfile.is_zipfile(archive)):
+            with zipfile.ZipFile(archive) as zf:
+                infos = zf.infolist()
+                if len(infos) > limits.max_files:
+                    raise ArchiveError(
+                        label,
+                        f"archive holds {len(infos)} entries, more than the limit of {limits.max_files}",
+                    )
+                entries = [_zip_entry(info, label) for info in infos]
+                admitted = [e for e in entries if run.admit(e)]
+                for e in admitted:
+                    run.write(e, None if e.is_dir else zf.open(e.ref))
+        else:
+            with tarfile.open(archive, mode="r|*") as tf:
+                for member in tf:
+                    e = _tar_entry(member, label)
+                    if run.admit(e):
+                        run.write(e, None if e.is_dir else tf.extractfile(member))
+        return run.finish()
     except ArchiveError:
         raise
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise ArchiveError(label, f"not a readable archive: {exc}") from exc
     except (OSError, RuntimeError, NotImplementedError, ValueError) as exc:
         raise ArchiveError(label, f"cannot extract: {exc}") from exc
-    files.sort(key=lambda r: tuple(r.split("/")))
-    return ProjectFiles(dest_root, files, memory)
 
 
 def _mkdirs(dest_root: Path, parts: tuple[str, ...], made: set[tuple[str, ...]]) -> None:
