@@ -355,7 +355,7 @@ def test_java_and_hive_command_lines(tmp_path):
     seen: list[list[str]] = []
 
     class Probe(AzkabanJobOperator):
-        def _run_argvs(self, props, argvs):
+        def _run_argvs(self, props, argvs, **kwargs):
             seen.extend(argvs)
             return {}
 
@@ -373,10 +373,10 @@ def test_java_and_hive_command_lines(tmp_path):
     )
     assert seen[-1] == [
         "java",
-        "-Xms64M",
-        "-Xmx1G",
         "-Dk=v",
         "-Dq=a b",
+        "-Xms64M",
+        "-Xmx1G",
         "-cp",
         "lib/a.jar:lib/b.jar",
         "com.x.Main",

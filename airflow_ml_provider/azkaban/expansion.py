@@ -207,7 +207,9 @@ def expand_all(
     return {k: resolved[k] for k in merged}
 
 
-def _deepest_ref(parts: list[str | tuple[str]], resolved: dict[str, str], depth: dict[str, int]) -> str | None:
+def _deepest_ref(
+    parts: list[str | tuple[str]], resolved: dict[str, str], depth: dict[str, int]
+) -> str | None:
     best, best_d = None, -1
     for part in parts:
         if not isinstance(part, str) and part[0] in depth and depth[part[0]] > best_d:

@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -332,6 +333,9 @@ class AzkabanJobOperator(BaseOperator):
         return resolve_props(layers, job=self.task_id)
 
     # -- execute -----------------------------------------------------------------------------
+    #: seconds between SIGTERM and SIGKILL when the job's process group is stopped
+    kill_grace_seconds: float = 10.0
+
     def execute(self, context: Any) -> dict[str, str]:
         if skip_if_disabled(context, self.task_id, self.log):
             return {}
@@ -345,7 +349,7 @@ class AzkabanJobOperator(BaseOperator):
         handler = {
             "command": self._run_command,
             "javaprocess": self._run_java,
-            "java": self._run_java,
+            "java": self._run_javajob,
             "hive": self._run_hive,
             "noop": self._run_noop,
         }.get(self.job_type)
@@ -360,6 +364,18 @@ class AzkabanJobOperator(BaseOperator):
             )
         return handler(props, context)
 
+    def on_kill(self) -> None:
+        """Stop the running command's whole process group (SIGTERM, SIGKILL after a grace period).
+
+        Airflow calls this on ``execution_timeout`` and when the task process gets SIGTERM.
+        """
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            from airflow_ml_provider.azkaban.procgroup import stop_group
+
+            self.log.warning("Stopping job %r (process group %d)", self.job_name, proc.pid)
+            stop_group(proc.pid, self.kill_grace_seconds, reap=proc.poll)
+
     def _run_noop(self, props: dict[str, str], context: Any) -> dict[str, str]:
         self.log.info("noop job %s: nothing to run", self.job_name)
         return {}
@@ -372,25 +388,52 @@ class AzkabanJobOperator(BaseOperator):
             raise AirflowFailException(f"command job {self.job_name!r} has no 'command' property")
         return self._run_argvs(props, [split_command(line) for line in lines])
 
+    def _jvm_argv(self, props: dict[str, str], cwd: str, extra_classpath: Sequence[str] = ()) -> list[str]:
+        """``java`` with Azkaban's JavaProcessJob options: ``java.home``, ``global.jvm.args`` and
+        ``jvm.args``, ``Xms`` (default 64M), ``Xmx`` (default 256M), ``-cp`` from
+        ``global.classpath`` and ``classpath`` (comma separated, relative to the job's directory;
+        without ``classpath``, every ``.jar`` in the job's directory)."""
+        java = os.path.join(props["java.home"], "bin", "java") if props.get("java.home") else "java"
+        argv = [java]
+        argv += split_command(props.get("global.jvm.args", ""))
+        argv += split_command(props.get("jvm.args", ""))
+        argv.append(f"-Xms{props.get('Xms', '').strip() or '64M'}")
+        argv.append(f"-Xmx{props.get('Xmx', '').strip() or '256M'}")
+        classpath = [c.strip() for c in props.get("global.classpath", "").split(",") if c.strip()]
+        own = [c.strip() for c in props.get("classpath", "").split(",") if c.strip()]
+        if not own:
+            own = sorted(f for f in os.listdir(cwd) if f.endswith(".jar"))
+            self.log.info("No classpath specified: using the jars in %s: %s", cwd, own)
+        classpath += own + list(extra_classpath)
+        if classpath:
+            argv += ["-cp", os.pathsep.join(classpath)]
+        return argv
+
     def _run_java(self, props: dict[str, str], context: Any) -> dict[str, str]:
         from airflow.sdk.exceptions import AirflowFailException
 
         main_class = props.get("java.class", "").strip()
         if not main_class:
             raise AirflowFailException(f"javaprocess job {self.job_name!r} has no 'java.class' property")
-        java = os.path.join(props["java.home"], "bin", "java") if props.get("java.home") else "java"
-        argv = [java]
-        if props.get("Xms"):
-            argv.append(f"-Xms{props['Xms']}")
-        if props.get("Xmx"):
-            argv.append(f"-Xmx{props['Xmx']}")
-        argv += split_command(props.get("jvm.args", ""))
-        classpath = props.get("classpath", "").strip()
-        if classpath:
-            argv += ["-cp", os.pathsep.join(c.strip() for c in classpath.split(",") if c.strip())]
-        argv.append(main_class)
-        argv += split_command(props.get("main.args", ""))
-        return self._run_argvs(props, [argv])
+        cwd = self._working_dir(props)
+        argv = self._jvm_argv(props, cwd) + [main_class] + split_command(props.get("main.args", ""))
+        return self._run_argvs(props, [argv], cwd=cwd)
+
+    def _run_javajob(self, props: dict[str, str], context: Any) -> dict[str, str]:
+        """Azkaban's ``java`` type (JavaJob): ``job.class`` is instantiated and ``method.run``
+        (default ``run``) called by our runner class (see ``azkaban/java/``), in a JVM started
+        like a ``javaprocess`` job."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if not props.get("job.class", "").strip():
+            raise AirflowFailException(f"java job {self.job_name!r} has no 'job.class' property")
+        try:
+            runner = _java_runner_classes(props.get("java.home", ""))
+        except RuntimeError as exc:
+            raise AirflowFailException(f"java job {self.job_name!r}: {exc}") from None
+        cwd = self._working_dir(props)
+        argv = self._jvm_argv(props, cwd, [runner]) + [_JAVA_RUNNER_CLASS]
+        return self._run_argvs(props, [argv], cwd=cwd)
 
     def _run_hive(self, props: dict[str, str], context: Any) -> dict[str, str]:
         from airflow.sdk.exceptions import AirflowFailException
@@ -402,6 +445,7 @@ class AzkabanJobOperator(BaseOperator):
                 f"hive job {self.job_name!r} has neither 'hive.script' nor 'hive.query'"
             )
         cli = split_command(props.get("hive.cli", "hive")) or ["hive"]
+        # a relative hive.script is found from the working directory: the job's own directory
         argv = cli + (["-f", script] if script else ["-e", query])
         for key, value in sorted(props.items()):
             if key.startswith("hivevar."):
@@ -410,48 +454,127 @@ class AzkabanJobOperator(BaseOperator):
                 argv += ["--hiveconf", f"{key[len('hiveconf.') :]}={value}"]
         return self._run_argvs(props, [argv])
 
-    def _run_argvs(self, props: dict[str, str], argvs: list[list[str]]) -> dict[str, str]:
+    def _working_dir(self, props: Mapping[str, str]) -> str:
+        """Where the job runs: the directory of its own ``.job`` file (Flow 1.0) or ``.flow`` file
+        (Flow 2.0) inside the copied project, as Azkaban's FlowRunner gives the JobRunner the job
+        file's parent directory; ``working.dir`` may name a subdirectory of it (Azkaban refuses
+        any other directory, and so does this)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        wd = str(props.get("working.dir", "") or "").strip()
+        if not self.project_dir:
+            return os.path.join(os.getcwd(), wd) if wd else os.getcwd()
+        root = os.path.realpath(self.project_dir)
+        rel = getattr(self, "job_dir", "") or ""
+        job_dir = os.path.realpath(os.path.join(root, rel))
+        if not _within(job_dir, root):
+            raise AirflowFailException(
+                f"job {self.job_name!r}: its directory {rel!r} is outside the project directory {root}"
+            )
+        os.makedirs(job_dir, exist_ok=True)  # a directory holding only .job files is not copied
+        if not wd:
+            return job_dir
+        cwd = os.path.realpath(os.path.join(job_dir, wd))
+        if not _within(cwd, job_dir):
+            raise AirflowFailException(
+                f"job {self.job_name!r}: working.dir={wd!r} is not a subdirectory of the job's "
+                f"directory {job_dir} (Azkaban refuses it too)"
+            )
+        if not os.path.isdir(cwd):
+            raise AirflowFailException(f"job {self.job_name!r}: working.dir={wd!r}: no directory {cwd}")
+        return cwd
+
+    def _run_argvs(
+        self, props: dict[str, str], argvs: list[list[str]], *, cwd: str | None = None
+    ) -> dict[str, str]:
         from airflow.sdk.exceptions import AirflowException
 
         from airflow_ml_provider.properties import dump_properties
 
-        cwd = props.get("working.dir") or self.project_dir or os.getcwd()
-        if self.project_dir and not os.path.isabs(cwd):
-            cwd = os.path.join(self.project_dir, cwd)
-        with tempfile.TemporaryDirectory(prefix=f"azkaban_{self.job_name}_") as tmp:
-            prop_file = Path(tmp, f"{self.job_name}_props.properties")
-            out_file = Path(tmp, f"{self.job_name}_output.json")
+        cwd = cwd or self._working_dir(props)
+        name = self.job_name
+        safe = _file_name(name)
+        with tempfile.TemporaryDirectory(prefix=f"azkaban_{safe}_") as tmp:
+            prop_file = Path(tmp, f"{safe}_props.properties")
+            out_file = Path(tmp, f"{safe}_output.json")
             prop_file.write_text(dump_properties(props), encoding="iso-8859-1", errors="replace")
             env = dict(os.environ)
             env.update({k[len("env.") :]: v for k, v in props.items() if k.startswith("env.")})
             env.update(
                 {
                     "JOB_PROP_FILE": str(prop_file),
-                    "JOB_NAME": self.job_name,
+                    "JOB_NAME": name,
                     "JOB_OUTPUT_PROP_FILE": str(out_file),
                 }
             )
             for argv in argvs:
                 self.log.info("Running (no shell, cwd=%s): %s", cwd, argv)
-                try:
-                    proc = subprocess.Popen(
-                        argv,
-                        cwd=cwd,
-                        env=env,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        text=True,
-                        errors="replace",
-                    )
-                except OSError as exc:
-                    raise AirflowException(f"job {self.job_name!r}: cannot run {argv[0]!r}: {exc}") from None
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    self.log.info("%s", line.rstrip("\n"))
-                rc = proc.wait()
+                rc = self._run_process(argv, cwd, env)
                 if rc != 0:
-                    raise AirflowException(f"job {self.job_name!r}: command {argv} exited with code {rc}")
+                    raise AirflowException(f"job {name!r}: command {argv} exited with code {rc}")
             return self._read_outputs(out_file)
+
+    def _run_process(self, argv: list[str], cwd: str, env: dict[str, str]) -> int:
+        """Run one command in its own session / process group and return its exit code.
+
+        Its output goes to the task log line by line. Whatever way this ends (exit, exception,
+        ``execution_timeout``, SIGTERM -> :meth:`on_kill`), no process of the group is left: those
+        still running when the command exits are stopped too, and a watchdog process stops the
+        group if the task process itself is killed (SIGKILL).
+        """
+        from airflow.sdk.exceptions import AirflowException
+
+        from airflow_ml_provider.azkaban.procgroup import Watchdog, stop_group
+
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise AirflowException(f"job {self.job_name!r}: cannot run {argv[0]!r}: {exc}") from None
+        self._proc = proc
+        watchdog = None
+        try:
+            watchdog = Watchdog(proc.pid, self.kill_grace_seconds)
+            reader = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
+            reader.start()
+            rc = proc.wait()
+            reader.join(timeout=2)
+            left = stop_group(proc.pid, self.kill_grace_seconds)
+            if left:
+                self.log.warning(
+                    "job %r: its command exited but left processes running (pids %s): stopped them",
+                    self.job_name,
+                    left,
+                )
+            reader.join(timeout=5)
+            return rc
+        finally:
+            # an exception (execution_timeout, SIGTERM) while the command runs: stop the group
+            stop_group(proc.pid, self.kill_grace_seconds, reap=proc.poll)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if watchdog is not None:
+                watchdog.close()
+            self._proc = None
+
+    def _pump(self, stream: Any) -> None:
+        try:
+            for line in stream:
+                self.log.info("%s", line.rstrip("\n"))
+        except (OSError, ValueError):
+            pass
+        finally:
+            stream.close()
 
     def _read_outputs(self, path: Path) -> dict[str, str]:
         from airflow.sdk.exceptions import AirflowException
@@ -471,6 +594,67 @@ class AzkabanJobOperator(BaseOperator):
         outputs = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
         self.log.info("Output properties (visible to direct children): %s", outputs)
         return outputs
+
+
+# ------------------------------------------------------------------ run-time helpers (AZ-RUN)
+_JAVA_RUNNER_CLASS = "AzkabanJavaJobRunner"
+_JAVA_RUNNER_SOURCE = Path(__file__).parent / "java" / f"{_JAVA_RUNNER_CLASS}.java"
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _file_name(name: str) -> str:
+    """``name`` usable in a file name (the original job name, dots kept; '/' and the like replaced)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100] or "job"
+
+
+def _java_runner_classes(java_home: str = "") -> str:
+    """The directory holding our compiled ``AzkabanJavaJobRunner`` (compiled once per source version
+    into ``$AIRFLOW_ML_JAVA_CACHE`` or ``~/.cache/airflow-ml/java``, with ``javac`` from
+    ``java.home`` or the PATH).
+
+    :raises RuntimeError: no ``javac``, or the compilation failed.
+    """
+    import hashlib
+    import shutil
+
+    source = _JAVA_RUNNER_SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    base = Path(os.environ.get("AIRFLOW_ML_JAVA_CACHE") or Path.home() / ".cache" / "airflow-ml" / "java")
+    final = base / digest
+    if (final / f"{_JAVA_RUNNER_CLASS}.class").exists():
+        return str(final)
+    javac = os.path.join(java_home, "bin", "javac") if java_home else shutil.which("javac")
+    if not javac or not os.path.exists(javac):
+        raise RuntimeError(
+            "type=java needs a JDK: 'javac' compiles the job runner once, and none was found "
+            + (f"in java.home={java_home!r}" if java_home else "on the PATH")
+        )
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=base))
+    try:
+        for flags in (["--release", "8"], []):
+            proc = subprocess.run(
+                [javac, *flags, "-nowarn", "-d", str(tmp), str(_JAVA_RUNNER_SOURCE)],
+                capture_output=True,
+                text=True,
+                errors="replace",
+            )
+            if proc.returncode == 0:
+                break
+        else:
+            output = (proc.stdout + proc.stderr).strip()[-800:]
+            raise RuntimeError(f"compiling the job runner failed: {output}")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / f"{_JAVA_RUNNER_CLASS}.class").exists():  # not a lost race: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(final)
 
 
 # ----------------------------------------------------------------------- generated-DAG API
