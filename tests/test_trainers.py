@@ -113,6 +113,55 @@ def test_xgboost_early_stopping_uses_best_iteration(xgb_run):
     assert auc_score(valid.y, result.predictor.predict(valid.X)) == pytest.approx(max(auc_hist), abs=1e-6)
 
 
+def test_xgboost_early_stopped_model_file_holds_exactly_the_served_trees(xgb_run):
+    """Issue 13, point 4: a plain ``Booster().load_model()`` + ``predict`` of the saved file (no
+    iteration_range, no metadata) gives the served scores bit for bit; the trees after the best
+    iteration are not in the file."""
+    import xgboost as xgb
+
+    _, valid, out, lines, result = xgb_run
+    trained = result.extra["num_boosted_rounds"]
+    assert result.best_iteration < trained - 1  # the case of the issue: rounds trained past the best
+    plain = xgb.Booster()
+    plain.load_model(str(out / "model.ubj"))
+    assert plain.num_boosted_rounds() == result.best_iteration + 1 == result.extra["saved_rounds"]
+    assert len(plain.get_dump()) == result.best_iteration + 1  # binary objective: one tree per round
+    served = load_predictor("xgboost", out).predict(valid.X)
+    assert np.array_equal(plain.predict(xgb.DMatrix(valid.X, feature_names=valid.feature_names)), served)
+    assert np.array_equal(plain.inplace_predict(valid.X), served)
+    assert np.array_equal(result.predictor.predict(valid.X), served)
+    assert plain.attr("best_iteration") == str(result.best_iteration)
+    assert any(f"(the {result.best_iteration + 1} rounds up to the best iteration)" in ln for ln in lines)
+
+
+def test_xgboost_early_stopped_multiclass_saves_best_rounds(tmp_path):
+    import xgboost as xgb
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(900, 4)).astype(np.float32)
+    y = (np.digitize(X[:, 0] + 0.8 * rng.normal(size=900), [-0.5, 0.5])).astype(np.float32)
+    names = ["a", "b", "c", "d"]
+    train, valid = Dataset(X=X[:600], y=y[:600], feature_names=names), Dataset(X=X[600:], y=y[600:],
+                                                                              feature_names=names)
+    result = get_trainer("xgboost").train(
+        train, valid, {"objective": "multi:softprob", "num_class": 3, "eta": 0.8, "rounds": 300,
+                       "early_stopping_rounds": 3, "nthread": 1}, tmp_path, log=lambda *_: None)
+    assert result.best_iteration < result.extra["num_boosted_rounds"] - 1
+    plain = xgb.Booster(model_file=str(tmp_path / "model.ubj"))
+    assert len(plain.get_dump()) == 3 * (result.best_iteration + 1)  # 3 trees (one per class) a round
+    assert np.array_equal(plain.inplace_predict(valid.X), load_predictor("xgboost", tmp_path).predict(valid.X))
+
+
+def test_xgboost_without_early_stopping_saves_every_round(tmp_path):
+    import xgboost as xgb
+
+    train, valid = _binary(n=600)
+    result = get_trainer("xgboost").train(train, valid, {"rounds": 7, "nthread": 1}, tmp_path,
+                                          log=lambda *_: None)
+    assert result.best_iteration == 6
+    assert xgb.Booster(model_file=str(tmp_path / "model.ubj")).num_boosted_rounds() == 7
+
+
 def test_xgboost_loaded_predictions_are_bit_identical(xgb_run):
     _, valid, out, _, result = xgb_run
     loaded = load_predictor("xgboost", out)

@@ -23,6 +23,11 @@ Params (flat dict; strings such as ``"100"`` are accepted, bad values name the k
 any other key               passed to xgboost unchanged (free-form booster params)
 ==========================  =================================================================
 
+Early stopping: the saved model holds exactly the served rounds (``0 .. best_iteration``); the
+rounds trained after the best one are dropped before saving (``booster[: best_iteration + 1]``), so a
+plain ``xgboost.Booster().load_model()`` gives the served scores. ``gblinear`` (not sliceable) is
+saved whole.
+
 Prediction path (the online service relies on it): :class:`XGBoostPredictor.predict` calls
 ``Booster.inplace_predict`` on a C-contiguous float32 array with
 ``iteration_range=(0, best_iteration + 1)`` -- no DMatrix -- both right after training and after
@@ -262,6 +267,7 @@ class XGBoostTrainer:
         if best is None:
             best = rounds_done - 1
         best = int(best)
+        booster, sliced = _served_trees(booster, best, log)
         if _valid_feature_names(train.feature_names):
             booster.feature_names = list(train.feature_names)
         model_file = f"model.{opt['model_format']}"
@@ -270,6 +276,7 @@ class XGBoostTrainer:
         os.replace(tmp, out / model_file)
         log(
             f"trained {rounds_done} rounds in {seconds:.2f}s; best iteration {best}; wrote {out / model_file}"
+            + (f" (the {best + 1} rounds up to the best iteration)" if sliced else "")
         )
 
         task = task_of(str(booster_params["objective"]))
@@ -289,6 +296,7 @@ class XGBoostTrainer:
             out_dir=str(out),
             extra={
                 "num_boosted_rounds": rounds_done,
+                "saved_rounds": booster.num_boosted_rounds(),
                 "train_seconds": round(seconds, 4),
                 "predict_method": "inplace_predict",
                 "iteration_range": [0, best + 1],
@@ -297,6 +305,28 @@ class XGBoostTrainer:
         write_metadata(out, result, {"model_file": model_file})
         result.predictor = XGBoostPredictor(booster, result.feature_names, task, best, opt["missing"])
         return result
+
+
+def _served_trees(booster, best: int, log: LogFn):
+    """The booster to save: early stopping trains ``best + 1 + early_stopping_rounds`` rounds, but only
+    the rounds up to the best iteration are served, so only those are saved. A plain
+    ``xgboost.Booster().load_model()`` + ``predict`` of the saved file then gives the served scores
+    (tests/test_trainers.py checks it bit for bit). Returns (booster, whether it was sliced).
+
+    ``gblinear`` cannot be sliced (it has no trees, xgboost refuses); it is saved whole, as before.
+    """
+    rounds = booster.num_boosted_rounds()
+    if best + 1 >= rounds:
+        return booster, False
+    try:
+        sliced = booster[: best + 1]
+    except Exception as exc:  # noqa: BLE001 - xgboost.core.XGBoostError: "Slice is not supported"
+        log(f"keeping all {rounds} rounds in the saved model: xgboost cannot slice this booster ({exc})")
+        return booster, False
+    attrs = booster.attributes()  # slicing drops them; keep them true for the sliced model
+    sliced.set_attr(**{k: v for k, v in attrs.items() if k not in ("best_iteration", "best_ntree_limit")},
+                    best_iteration=str(best))
+    return sliced, True
 
 
 class XGBoostPredictor:
