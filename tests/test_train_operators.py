@@ -218,11 +218,14 @@ def test_bad_framework_and_hyperparams_are_named(home, prepared):
 
 
 def test_disabled_training_tasks_do_nothing(home, prepared):
+    from airflow.sdk.exceptions import AirflowSkipException
+
     ops = [TrainModelOperator(task_id="train", framework="tensorflow", hyperparams={"no_such_param": 1}),
            Word2VecTrainOperator(task_id="embed", sequence_column="missing", train_uri="/no/such/file.parquet")]
     for op in ops:
         c = ctx(dict(prepared), run_id="disabled", params={"disabled_tasks": ["train", "embed"]})
-        assert op.execute(c) is None  # the bad arguments above would fail if anything ran
+        with pytest.raises(AirflowSkipException):  # the bad arguments above would fail if anything ran
+            op.execute(c)
     assert not (home / "storage" / "runs" / "unit_train" / "disabled").exists()
 
 

@@ -51,10 +51,16 @@ def _thin(*arrays: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray
     return tuple(a[idx] for a in arrays)
 
 
-def _save(fig, path: Path) -> Path:
+#: The PNG text chunk of ``roc.png`` holding the curve's points (JSON ``{"fpr": [...], "tpr": [...]}``,
+#: at most :data:`ROC_POINTS` points): the UI overlays the ROC curves of two versions from it.
+ROC_POINTS_KEY = "airflow-ml-roc"
+ROC_POINTS = 201
+
+
+def _save(fig, path: Path, metadata: Mapping[str, str] | None = None) -> Path:
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=_DPI, format="png")
+    fig.savefig(tmp, dpi=_DPI, format="png", metadata=dict(metadata) if metadata else None)
     os.replace(tmp, path)
     return path
 
@@ -77,9 +83,38 @@ def roc_chart(path: Path, y_true: Any, y_score: Any) -> Path:
         )
         ax.legend(loc="lower right")
         ax.grid(alpha=0.3)
-        return _save(fig, path)
+        return _save(fig, path, {ROC_POINTS_KEY: roc_points_json(fpr, tpr)})
     finally:
         plt.close(fig)
+
+
+def roc_points_json(fpr: Any, tpr: Any, max_points: int = ROC_POINTS) -> str:
+    """The ROC curve thinned to ``max_points`` points (both ends kept), as compact JSON."""
+    import json
+
+    f, t = _thin(np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float), max_points=max_points)
+    return json.dumps({"fpr": [round(float(v), 5) for v in f], "tpr": [round(float(v), 5) for v in t]},
+                      separators=(",", ":"))
+
+
+def read_roc_points(png: bytes) -> dict[str, list[float]] | None:
+    """The ROC points stored in a ``roc.png`` written by :func:`roc_chart` (None if it has none)."""
+    import io
+    import json
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(png)) as img:
+            text = (getattr(img, "text", None) or {}).get(ROC_POINTS_KEY)
+        data = json.loads(text) if text else None
+    except Exception:  # noqa: BLE001 - not a PNG, or a chart written before the points were stored
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("fpr"), list) or not isinstance(data.get("tpr"), list):
+        return None
+    if len(data["fpr"]) != len(data["tpr"]) or not data["fpr"]:
+        return None
+    return {"fpr": [float(v) for v in data["fpr"]], "tpr": [float(v) for v in data["tpr"]]}
 
 
 def pr_chart(path: Path, y_true: Any, y_score: Any) -> Path:

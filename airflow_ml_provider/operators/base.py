@@ -4,7 +4,8 @@
 
 * **disabled tasks.** Before any work it checks the run's ``disabled_tasks`` param
   (:mod:`airflow_ml_provider.disabled_tasks`). A disabled task logs why, does nothing, pushes no
-  XCom, emits no asset event, and ends successfully so that downstream tasks proceed.
+  XCom, emits no asset event, and ends **skipped**; ML tasks default to the ``none_failed`` trigger
+  rule, so downstream tasks proceed. An unknown task id in the param fails the task.
 * **URIs through XCom.** ``execute`` returns a small JSON dict of URIs and facts (pushed as the
   ``return_value`` XCom); data never travels through XCom.
 * **the "latest output" pointer.** After a successful run the task writes its XCom value to
@@ -81,12 +82,19 @@ class MLBaseOperator(BaseOperator):
 
     # -- the template method -------------------------------------------------------------------
 
+    def _hook_apply_defaults(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        # Airflow's operator metaclass calls this hook with the constructor's kwargs (cheaper than one
+        # more __init__ level). A disabled upstream ends *skipped*, so ML tasks default to the
+        # ``none_failed`` trigger rule: they still run after it (reading its latest output). An explicit
+        # trigger_rule, or one in the DAG's default_args, wins.
+        if "trigger_rule" not in kwargs and "trigger_rule" not in (kwargs.get("default_args") or {}):
+            kwargs["trigger_rule"] = "none_failed"
+        return args, kwargs
+
     def execute(self, context: Any) -> Any:
-        if skip_if_disabled(context, self.task_id, self.log):
-            if self.outlets:
-                self.log.info("No output in this run, so no asset event is emitted for %s.", self.outlets)
-                self.outlets = []
-            return None
+        # a disabled task raises AirflowSkipException here (ends skipped: no XCom, no asset event);
+        # an unknown id in disabled_tasks fails the task (see airflow_ml_provider.disabled_tasks)
+        skip_if_disabled(context, self.task_id, self.log, skip=True)
         result = self.run(context)
         if result is not None:
             self._write_latest(context, result)
