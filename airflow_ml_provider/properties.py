@@ -119,19 +119,38 @@ def iter_properties(text: str, *, source: str = "<string>") -> Iterator[tuple[st
         yield _unescape(raw_key, source, start), _unescape(raw_value, source, start), start
 
 
-def parse_properties(text: str, *, source: str = "<string>") -> dict[str, str]:
-    """Parse Java ``.properties`` text into an ordered ``dict`` (later duplicates win).
+def parse_properties(text: str, *, source: str = "<string>", unique: bool = False) -> dict[str, str]:
+    """Parse Java ``.properties`` text into an ordered ``dict`` (later duplicates win, as in Java).
 
     :param text: the decoded text.
     :param source: a name for error messages (usually the file path).
-    :raises PropertiesError: on a malformed ``\\uXXXX`` escape (message names source and line).
+    :param unique: refuse a key that appears twice instead (the dictionary import does: a silently
+        dropped value is a lost setting).
+    :raises PropertiesError: on a malformed ``\\uXXXX`` escape, or a repeated key with ``unique``
+        (the message names source and line).
     """
-    return {k: v for k, v, _ in iter_properties(text, source=source)}
+    if not unique:
+        return {k: v for k, v, _ in iter_properties(text, source=source)}
+    out: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for key, value, line in iter_properties(text, source=source):
+        if key in first_line:
+            raise PropertiesError(
+                f"duplicate key {key!r} (first set at line {first_line[key]}); a key may appear once",
+                source=source,
+                line=line,
+            )
+        first_line[key] = line
+        out[key] = value
+    return out
 
 
-def load_properties(path: str | PathLike[str], *, encoding: str = "iso-8859-1") -> dict[str, str]:
+def load_properties(
+    path: str | PathLike[str], *, encoding: str = "iso-8859-1", unique: bool = False
+) -> dict[str, str]:
     """Read a ``.properties`` file (ISO-8859-1 by default, as Java) into an ordered ``dict``.
 
+    :param unique: refuse a repeated key (see :func:`parse_properties`).
     :raises PropertiesError: on a syntax error or when the file cannot be read.
     """
     p = Path(path)
@@ -145,7 +164,7 @@ def load_properties(path: str | PathLike[str], *, encoding: str = "iso-8859-1") 
         raise PropertiesError(
             f"not valid {encoding}: {exc.reason} at byte {exc.start}", source=str(p)
         ) from exc
-    return parse_properties(text, source=str(p))
+    return parse_properties(text, source=str(p), unique=unique)
 
 
 def _escape(s: str, *, is_key: bool) -> str:

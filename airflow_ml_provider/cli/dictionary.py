@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from airflow_ml_provider.cli import CLIError
+from airflow_ml_provider.cli.args import int_arg
 
 BACKEND_CLASS = "airflow_ml_provider.secrets.dictionary.DictionaryTableBackend"
+MAX_HISTORY_LIMIT = 2**31 - 1  # what every database takes in LIMIT
 _CONFIG_PLACES = (
     # (section, backend option, kwargs option, per-key env prefix)
     ("workers", "secrets_backend", "secrets_backend_kwargs", "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__"),
@@ -87,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("history", parents=[common], help="show the change history (newest first)")
     p.add_argument("key", nargs="?", default=None)
-    p.add_argument("--limit", type=int, default=50, help="at most this many changes (default 50; 0 = all)")
+    p.add_argument("--limit", default=50, help="at most this many changes (default 50; 0 = all)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_history)
 
@@ -285,10 +287,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    limit = int_arg(args.limit, "--limit", minimum=0, maximum=MAX_HISTORY_LIMIT) or None
     store, prefix = _open(args)
-    if args.limit < 0:
-        raise CLIError(f"--limit must be >= 0, got {args.limit}")
-    limit = args.limit or None
     if args.key is not None:
         records = _run(store.history, _full_key(prefix, args.key), limit=limit)
     else:
@@ -345,10 +345,13 @@ def _read_import_file(
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as exc:
                 raise CLIError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-            return parse_json_entries(text, source=str(path))
+            _check_import_json(text, str(path))
+            entries = parse_json_entries(text, source=str(path))
+            _refuse_repeated_entries(entries, str(path))
+            return entries
         load_properties, properties_error = _properties_reader()
-        try:
-            mapping = load_properties(path, encoding=encoding)
+        try:  # unique: a key set twice is refused (with both lines), never silently the last one
+            mapping = load_properties(path, encoding=encoding, unique=True)
         except properties_error as exc:
             raise CLIError(str(exc)) from None
         return entries_from_mapping(mapping)
@@ -356,6 +359,31 @@ def _read_import_file(
         raise CLIError(f"{path}: {exc.strerror or exc}") from None
     except DictionaryValidationError as exc:
         raise CLIError(str(exc)) from None
+
+
+def _check_import_json(text: str, source: str) -> None:
+    """Refuse what ``json.loads`` would take silently or report without a place: NaN/Infinity and
+    out-of-range numbers (not JSON; stored they break ``{{ var.json.x }}``), a key repeated in one
+    object (the last would win), integers past Python's digit limit, nesting past the recursion limit.
+    The message names the file, line, column and key."""
+    from airflow_ml_provider.ml import safejson
+
+    try:
+        safejson.loads(text, source=source, allow_nan=False)
+    except safejson.JSONInputError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _refuse_repeated_entries(entries: list[tuple[str, str, Any]], source: str) -> None:
+    """An export document listing one key twice (``entries[i]`` and ``entries[j]``) is refused."""
+    first: dict[str, int] = {}
+    for index, (key, _value, _description) in enumerate(entries):
+        if key in first:
+            raise CLIError(
+                f"{source}: entries[{index}]: key {key!r} is already set by entries[{first[key]}]; "
+                "a key may appear once"
+            )
+        first[key] = index
 
 
 def _properties_reader():

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_ml_provider.cli import CLIError
+from airflow_ml_provider.cli.args import shown
 
 ENV_REGISTRY = "AIRFLOW_ML_REGISTRY"
 
@@ -130,8 +131,9 @@ def _call(fn, *a, **kw):
 
 def _version_arg(value: Any) -> int:
     text = str(value).strip()
-    if not text.isdigit() or int(text) < 1:
-        raise CLIError(f"invalid version {value!r}: must be a positive integer")
+    # ASCII digits only: str.isdigit() and int() would take '١' (Arabic-Indic one) as version 1
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) < 1:
+        raise CLIError(f"invalid version {shown(value)}: must be a positive integer (digits 0-9)")
     return int(text)
 
 

@@ -17,6 +17,7 @@ import os
 import re
 
 from airflow_ml_provider.cli import CLIError
+from airflow_ml_provider.cli.args import check_bindable, directory_arg, host_arg
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
@@ -96,6 +97,9 @@ def build_config(args: argparse.Namespace) -> dict:
         raise CLIError(f"--predict-threads must be 0 or more, got {args.predict_threads}")
     if args.max_instances < 1:
         raise CLIError(f"--max-instances must be positive, got {args.max_instances}")
+    host_arg(args.host)
+    if args.cache_dir is not None:
+        directory_arg(args.cache_dir, "--cache-dir")
     return {
         "registry": _resolve_registry(args.registry),
         "models": models,
@@ -131,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from airflow_ml_provider.serving.app import CONFIG_ENV, LOG_FORMAT, TOKEN_ENV, create_app
 
     config = build_config(args)
+    check_bindable(args.host, args.port)
     _check_registry(config["registry"], config["models"])
     token = args.token or os.environ.get(TOKEN_ENV) or None
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)

@@ -12,7 +12,8 @@ that the standard library either does not make or reports without a position:
 
 Every error is a :class:`JSONInputError` whose message reads
 ``<source>: line L, column C: <problem> (at <path>)`` (``<source>: invalid JSON at line L, column C:
-<what>`` for a syntax error), the path naming the key, e.g. ``entries[3].value`` or ``min_auc``. The position is found by a second, pure-Python scan of the text,
+<what>`` for a syntax error), the path (JSONPath) naming the key, e.g. ``$.entries[3].value`` or
+``$.min_auc``. The position is found by a second, pure-Python scan of the text,
 which runs only when something is wrong.
 """
 
@@ -136,14 +137,15 @@ _TOKEN = re.compile(
 
 
 def _path_text(path: list[Any]) -> str:
-    if len(path) > 8:  # a deep path: its start and its end
-        return f"{_path_text(path[:3])}...{_path_text(path[-3:])}"
-    out = ""
+    """A JSONPath: ``$.entries[3].value``, ``$["a b"]``; a deep one by its start and end."""
+    if len(path) > 8:
+        return f"{_path_text(path[:3])}...{_path_text(path[-3:])[1:]}"
+    out = "$"
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", part):
-            out += f".{part}" if out else part
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", part):
+            out += f".{part}"
         else:
             out += f"[{json.dumps(part, ensure_ascii=False)}]"
     return out
@@ -191,7 +193,7 @@ def _locate(
             key = json.loads(m.group("str"))
             if not allow_duplicate_keys and key in top[1]:
                 top[2] = key
-                return error(f"duplicate key {key!r} (a key may appear once in an object)", start)
+                return error(f"duplicate key {key!r}: a key may appear once in an object", start)
             top[1].add(key)
             top[2] = key
             top[3] = False

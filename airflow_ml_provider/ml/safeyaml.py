@@ -134,8 +134,11 @@ class _BoundedConstructor(SafeConstructor):
 
     def construct_yaml_int(self, node: Any) -> Any:
         value = str(node.value)
-        if len(value) > MAX_INT_DIGITS + 3:  # sign, 0x/0o/0b prefixes, '_' separators aside
-            digits = sum(ch.isalnum() for ch in value)
+        if len(value) > MAX_INT_DIGITS:
+            body = value.lstrip("+-")
+            if body[:2].lower() in ("0x", "0o", "0b"):
+                body = body[2:]
+            digits = sum(ch.isalnum() for ch in body)  # '_' and ':' separators aside
             if digits > MAX_INT_DIGITS:
                 raise ConstructorError(
                     None,
