@@ -17,7 +17,6 @@ import os
 import re
 
 from airflow_ml_provider.cli import CLIError
-from airflow_ml_provider.cli.args import check_bindable, directory_arg, host_arg
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
@@ -47,6 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--predict-threads", type=int, default=1,
                    help="threads per prediction call (XGBoost nthread; default 1, the fastest for online "
                    "batches; 0 = the library's default)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close a connection whose request headers are not complete this many seconds after "
+                   "it opened (or after a request's first byte on a kept-alive connection); 0 = never "
+                   "(default 10)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="close a connection whose request body is not complete this many seconds after its "
+                   "headers; 0 = never (default 30)")
+    p.add_argument("--max-connections", type=int, default=1000,
+                   help="open connections per process; one more is answered 503 and closed (default 1000)")
     p.add_argument("--cache-dir", default=None,
                    help="where bundles are fetched to (default: a temporary directory removed at exit)")
     p.add_argument("--token", default=None,
@@ -97,9 +105,11 @@ def build_config(args: argparse.Namespace) -> dict:
         raise CLIError(f"--predict-threads must be 0 or more, got {args.predict_threads}")
     if args.max_instances < 1:
         raise CLIError(f"--max-instances must be positive, got {args.max_instances}")
-    host_arg(args.host)
-    if args.cache_dir is not None:
-        directory_arg(args.cache_dir, "--cache-dir")
+    for flag, value in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+        if not 0 <= value < float("inf"):  # also refuses nan
+            raise CLIError(f"{flag} must be 0 (never) or a positive number of seconds, got {value}")
+    if args.max_connections < 1:
+        raise CLIError(f"--max-connections must be at least 1, got {args.max_connections}")
     return {
         "registry": _resolve_registry(args.registry),
         "models": models,
@@ -109,6 +119,9 @@ def build_config(args: argparse.Namespace) -> dict:
         "max_instances": args.max_instances,
         "cache_dir": args.cache_dir,
         "predict_threads": args.predict_threads,
+        "header_timeout": args.header_timeout,
+        "body_timeout": args.body_timeout,
+        "max_connections": args.max_connections,
     }
 
 
@@ -135,11 +148,15 @@ def run(args: argparse.Namespace) -> int:
     from airflow_ml_provider.serving.app import CONFIG_ENV, LOG_FORMAT, TOKEN_ENV, create_app
 
     config = build_config(args)
-    check_bindable(args.host, args.port)
     _check_registry(config["registry"], config["models"])
     token = args.token or os.environ.get(TOKEN_ENV) or None
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    from airflow_ml_provider.serving.protocol import PROTOCOL_PATH, configure
+
+    protocol = configure(header_timeout=config["header_timeout"], body_timeout=config["body_timeout"],
+                         max_connections=config["max_connections"])
     common = {
+        "http": protocol if args.workers == 1 else PROTOCOL_PATH,  # workers configure it from the env
         "host": args.host,
         "port": args.port,
         "log_level": args.log_level,

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from airflow_ml_provider.serving.errors import BadRequest, ModelLoadError
+from airflow_ml_provider.serving.heap import settle_heap
 from airflow_ml_provider.serving.metrics import ServingMetrics
 
 log = logging.getLogger("airflow_ml_provider.serving")
@@ -496,6 +497,7 @@ class ModelManager:
         log.info("model %r now serves version %d (was %s; load %.2f s; %s)", name, model.version,
                  previous.version if previous else "nothing", model.load_seconds, _mask(model.uri))
         self._evict(name)
+        settle_heap()  # the new model's objects out of the collector's view (serving/heap.py)
 
     def _evict(self, name: str) -> None:
         """Keep the ``keep_versions`` most recently served versions; the served one always stays."""

@@ -15,6 +15,9 @@ Metrics (all prefixed ``airflow_ml_serving_``):
 ``load_failures_total{model}``            bundles that failed to fetch, verify, load or warm up
 ``load_seconds{model}``                   histogram of fetch + load + warm-up time
 ``registry_poll_failures_total``          registry polls that failed (the service keeps serving)
+``connections_closed_total{reason}``      connections the server closed on its own: ``header_timeout``,
+                                          ``body_timeout`` (a slow or stalled client) or ``over_limit``
+                                          (refused past ``--max-connections``); see serving/protocol.py
 
 Unknown model names (any name not given to ``--models``) are counted under ``model="_unknown"``
 so a client cannot grow the label set.
@@ -59,6 +62,11 @@ class ServingMetrics:
                                       registry=r)
         self.poll_failures = Counter(prefix + "registry_poll_failures", "Registry polls that failed",
                                      registry=r)
+        self.connections_closed = Counter(prefix + "connections_closed",
+                                          "Connections closed by the server: header_timeout, body_timeout, "
+                                          "over_limit", ["reason"], registry=r)
+        self._closed_children = {reason: self.connections_closed.labels(reason)
+                                 for reason in ("header_timeout", "body_timeout", "over_limit")}
         self._known = set(models)
         self._req_children: dict[tuple[str, int], object] = {}
         self._lat_children: dict[str, object] = {}
@@ -88,6 +96,13 @@ class ServingMetrics:
             if rc is None:
                 rc = self._row_children[model] = self.rows.labels(model)
             rc.inc(rows)
+
+    def connection_closed(self, reason: str) -> None:
+        """Count a connection the server closed (the protocol's ``on_event``)."""
+        child = self._closed_children.get(reason)
+        if child is None:
+            child = self._closed_children[reason] = self.connections_closed.labels(reason)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
