@@ -166,32 +166,41 @@ def test_empty_registry_lists_nothing(capsys, tmp_path):
     assert rc == 1 and "the registry has no models yet" in err
 
 
-def test_no_registry_configured(capsys, monkeypatch, tmp_path):
-    for var in ("AIRFLOW_ML_REGISTRY", "AIRFLOW__ML__REGISTRY_CONN", "AIRFLOW_CONFIG"):
+def test_no_registry_configured_means_the_embedded_default(capsys, monkeypatch, tmp_path):
+    """Nothing configured: the CLI uses $AIRFLOW_ML_HOME/registry.db, where the operators publish."""
+    for var in ("AIRFLOW_ML_REGISTRY", "AIRFLOW__ML__REGISTRY_CONN", "AIRFLOW__ML__HOME"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))  # no airflow.cfg there
+    monkeypatch.setenv("AIRFLOW_ML_HOME", str(tmp_path / "ml"))
     rc, out, err = run(capsys, "models", "list")
-    assert rc == 1 and out == ""
-    assert "no registry: pass --registry URL_OR_CONN_ID, or set $AIRFLOW_ML_REGISTRY" in err
-    (tmp_path / "airflow.cfg").write_text("[core]\nexecutor = LocalExecutor\n")  # no [ml] section
-    rc, _, err = run(capsys, "models", "list")
-    assert rc == 1 and "no registry" in err
+    assert (rc, out.strip()) == (0, "no models published yet"), err
+    _populate(f"sqlite:///{tmp_path}/ml/registry.db")
+    rc, out, err = run(capsys, "models", "rollback", "churn", "--to", "1")
+    assert rc == 0, err
+    assert ModelRegistry(f"sqlite:///{tmp_path}/ml/registry.db").current("churn").version == 1
 
 
-def test_registry_from_the_airflow_config(capsys, monkeypatch, tmp_path, populated):
-    monkeypatch.delenv("AIRFLOW__ML__REGISTRY_CONN", raising=False)
-    monkeypatch.delenv("AIRFLOW_CONFIG", raising=False)
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_ML_", "AIRFLOW__ML__", "AIRFLOW_CONFIG"))}
+    env.update(AIRFLOW_HOME=str(tmp_path), AIRFLOW_ML_HOME=str(tmp_path / "ml"), **extra)
+    return env
+
+
+def test_registry_from_the_airflow_config(tmp_path, populated):
+    """[ml] registry_conn in airflow.cfg, read through Airflow's own configuration (a fresh process)."""
     (tmp_path / "airflow.cfg").write_text(
         f"[core]\nload_examples = False\n\n[ml]\nregistry_conn = {populated}\n"
     )
-    rc, out, err = run(capsys, "models", "show", "ltv")
-    assert rc == 0, err
-    assert json.loads(out)["framework"] == "linear"
+    proc = subprocess.run([str(AIRFLOW_ML), "models", "show", "ltv"], env=_cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["framework"] == "linear"
     # the environment variable form of the same option wins over the file
-    monkeypatch.setenv("AIRFLOW__ML__REGISTRY_CONN", "sqlite:///" + str(tmp_path / "other.db"))
-    rc, _, err = run(capsys, "models", "show", "ltv")
-    assert rc == 1 and "the registry has no models yet" in err
+    env = _cli_env(tmp_path, AIRFLOW__ML__REGISTRY_CONN="sqlite:///" + str(tmp_path / "other.db"))
+    proc = subprocess.run([str(AIRFLOW_ML), "models", "show", "ltv"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and "the registry has no models yet" in proc.stderr
 
 
 def test_unreachable_database_is_named_with_the_password_masked():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -170,7 +171,8 @@ def test_kwargs_from_per_key_env_vars_are_strings(store, db_url):
 @pytest.mark.parametrize(
     "kwargs, problem",
     [
-        ({}, "sql_alchemy_conn .* is required"),
+        ({"sql_alchemy_conn": ""}, "sql_alchemy_conn must be a SQLAlchemy URL"),
+        ({"sql_alchemy_conn": "no_such_dict_conn"}, "AIRFLOW_CONN_NO_SUCH_DICT_CONN is not set"),
         ({"sql_alchemy_conn": "sqlite://", "connect_timeout": 30}, "connect_timeout must be between"),
         (
             {"sql_alchemy_conn": "sqlite://", "cache_ttl_seconds": "soon"},
@@ -183,6 +185,44 @@ def test_kwargs_from_per_key_env_vars_are_strings(store, db_url):
 def test_bad_backend_kwargs(kwargs, problem):
     with pytest.raises(DictionaryValidationError, match=problem):
         DictionaryTableBackend(**kwargs)
+
+
+def test_without_kwargs_the_backend_follows_the_settings(tmp_path, monkeypatch):
+    """No sql_alchemy_conn: [ml] dictionary_conn, else AIRFLOW_ML_DICTIONARY, else the embedded default."""
+    for name in list(os.environ):
+        if name.startswith(("AIRFLOW__ML__", "AIRFLOW_ML_", "AIRFLOW__SECRETS__BACKEND", "AIRFLOW__WORKERS__SECRETS")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AIRFLOW_ML_HOME", str(tmp_path / "home"))
+    embedded = f"sqlite:///{tmp_path}/home/dictionary.db"
+    backend = DictionaryTableBackend()
+    assert (backend.sql_alchemy_conn, backend.source) == (embedded, "default")
+    assert backend.get_variable("k") is None  # table created in the embedded database
+    DictionaryStore(embedded).set("k", "embedded")
+    DictionaryTableBackend.clear_cache()
+    assert DictionaryTableBackend().get_variable("k") == "embedded"
+
+    env_url = f"sqlite:///{tmp_path}/env.db"
+    store = DictionaryStore(env_url, "t_env")
+    store.create_tables()
+    store.set("p.k", "from-env")
+    monkeypatch.setenv("AIRFLOW_ML_DICTIONARY", env_url)
+    monkeypatch.setenv("AIRFLOW_ML_DICTIONARY_TABLE", "t_env")
+    monkeypatch.setenv("AIRFLOW_ML_DICTIONARY_KEY_PREFIX", "p.")
+    backend = DictionaryTableBackend()
+    assert (backend.sql_alchemy_conn, backend.table, backend.key_prefix) == (env_url, "t_env", "p.")
+    assert backend.get_variable("k") == "from-env"
+
+    cfg_url = f"sqlite:///{tmp_path}/cfg.db"
+    DictionaryStore(cfg_url).create_tables()
+    DictionaryStore(cfg_url).set("k", "from-config")
+    monkeypatch.setenv("AIRFLOW__ML__DICTIONARY_CONN", cfg_url)  # [ml] beats AIRFLOW_ML_*
+    monkeypatch.delenv("AIRFLOW_ML_DICTIONARY_TABLE")
+    monkeypatch.delenv("AIRFLOW_ML_DICTIONARY_KEY_PREFIX")
+    backend = DictionaryTableBackend()
+    assert (backend.sql_alchemy_conn, backend.source) == (cfg_url, "AIRFLOW__ML__DICTIONARY_CONN")
+    assert backend.get_variable("k") == "from-config"
+    # explicit kwargs beat every setting
+    assert DictionaryTableBackend(sql_alchemy_conn=embedded).get_variable("k") == "embedded"
 
 
 def test_missing_table_is_created_and_empty(tmp_path):

@@ -214,7 +214,8 @@ def test_key_prefix_option(cli, db_url):
 def airflow_env(monkeypatch):
     """Airflow's configuration read in this process, from environment variables only."""
     for name in list(os.environ):
-        if name.startswith(("AIRFLOW__WORKERS__SECRETS_BACKEND", "AIRFLOW__SECRETS__BACKEND")):
+        if name.startswith(("AIRFLOW__WORKERS__SECRETS_BACKEND", "AIRFLOW__SECRETS__BACKEND", "AIRFLOW__ML__",
+                            "AIRFLOW_ML_DICTIONARY")):
             monkeypatch.delenv(name)
     return monkeypatch
 
@@ -281,7 +282,7 @@ def test_installed_command_reads_airflow_configuration(tmp_path, mariadb_url):
     )
 
 
-def test_unconfigured_and_unreachable_database_errors(airflow_env, capsys):
+def test_unconfigured_and_unreachable_database_errors(airflow_env, capsys, tmp_path):
     assert main(["dictionary", "list"]) == 1
     err = capsys.readouterr().err
     assert "no dictionary database configured" in err and "Traceback" not in err
@@ -303,9 +304,12 @@ def test_unconfigured_and_unreachable_database_errors(airflow_env, capsys):
     assert main(["dictionary", "get", "x"]) == 1
     assert "[workers] secrets_backend_kwargs is not valid JSON" in capsys.readouterr().err
 
+    # the backend enabled without sql_alchemy_conn: the embedded default under the ML home (ml/settings.py)
+    airflow_env.setenv("AIRFLOW_ML_HOME", str(tmp_path / "ml"))
     airflow_env.setenv("AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS", json.dumps({"table": "t"}))
     assert main(["dictionary", "get", "x"]) == 1
-    assert "[workers] secrets_backend_kwargs: sql_alchemy_conn is missing" in capsys.readouterr().err
+    assert f"key 'x' not found in dictionary table 't' (sqlite:///{tmp_path}/ml/dictionary.db)" in (
+        capsys.readouterr().err)
 
 
 def test_cli_module_import_is_cheap():

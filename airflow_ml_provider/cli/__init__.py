@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = (
     "airflow_ml_provider.cli.azkaban",
     "airflow_ml_provider.cli.serve",
     "airflow_ml_provider.cli.datasets",
+    "airflow_ml_provider.cli.config",
 )
 
 

@@ -2,12 +2,12 @@
 
 Subcommands: ``init``, ``list``, ``get``, ``set``, ``delete``, ``history``, ``import``, ``export``.
 
-The database comes from Airflow's configuration, the same settings the secrets backend reads:
-``[workers] secrets_backend_kwargs`` when ``[workers] secrets_backend`` is the
-DictionaryTableBackend, else ``[secrets] backend_kwargs`` (per-key
-``AIRFLOW__..._KWARG__<NAME>`` environment variables override them, as in Airflow).
-``--sql-alchemy-conn`` (and ``--table`` / ``--key-prefix``) override the configuration, and then
-Airflow is not imported at all.
+The database is the one the secrets backend serves, resolved by :mod:`airflow_ml_provider.ml.settings`
+(docs/configuration.md): ``--sql-alchemy-conn`` (and ``--table`` / ``--key-prefix``), else the
+DictionaryTableBackend's kwargs in Airflow's configuration (``[workers] secrets_backend_kwargs`` when
+``[workers] secrets_backend`` is that backend, else ``[secrets] backend_kwargs``; per-key
+``AIRFLOW__..._KWARG__<NAME>`` variables override them, as in Airflow), else ``[ml] dictionary_conn``,
+else ``$AIRFLOW_ML_DICTIONARY``, else -- when the backend is enabled -- ``$AIRFLOW_ML_HOME/dictionary.db``.
 
 Keys given on the command line are Variable names: with a ``key_prefix`` configured, ``set x 1``
 writes the row ``<key_prefix>x``, which ``Variable.get("x")`` reads.
@@ -28,11 +28,6 @@ from airflow_ml_provider.cli.args import int_arg
 
 BACKEND_CLASS = "airflow_ml_provider.secrets.dictionary.DictionaryTableBackend"
 MAX_HISTORY_LIMIT = 2**31 - 1  # what every database takes in LIMIT
-_CONFIG_PLACES = (
-    # (section, backend option, kwargs option, per-key env prefix)
-    ("workers", "secrets_backend", "secrets_backend_kwargs", "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARG__"),
-    ("secrets", "backend", "backend_kwargs", "AIRFLOW__SECRETS__BACKEND_KWARG__"),
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,61 +118,31 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 # configuration
 
 
-def _settings_from_airflow() -> dict[str, Any]:
-    """The DictionaryTableBackend kwargs from Airflow's configuration ([workers] first)."""
-    try:
-        from airflow.configuration import conf
-    except Exception as exc:  # noqa: BLE001 - Airflow missing or its configuration broken
-        raise CLIError(
-            f"cannot read Airflow's configuration ({type(exc).__name__}: {exc}); pass --sql-alchemy-conn"
-        ) from None
-    for section, backend_opt, kwargs_opt, env_prefix in _CONFIG_PLACES:
-        backend = (conf.get(section, backend_opt, fallback="") or "").strip()
-        if backend != BACKEND_CLASS:
-            continue
-        raw = conf.get(section, kwargs_opt, fallback="") or ""
-        try:
-            kwargs = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise CLIError(
-                f"[{section}] {kwargs_opt} is not valid JSON: {exc.msg} (column {exc.colno})"
-            ) from None
-        if not isinstance(kwargs, dict):
-            raise CLIError(f"[{section}] {kwargs_opt} must be a JSON object")
-        for name, value in os.environ.items():
-            if name.startswith(env_prefix) and len(name) > len(env_prefix):
-                kwargs[name[len(env_prefix) :].lower()] = value
-        kwargs["_source"] = f"[{section}] {kwargs_opt}"
-        return kwargs
-    raise CLIError(
-        "no dictionary database configured: set [workers] secrets_backend (or [secrets] backend) to "
-        f"{BACKEND_CLASS} with sql_alchemy_conn in its kwargs, or pass --sql-alchemy-conn"
-    )
-
-
 def _open(args: argparse.Namespace):
-    """(store, key_prefix) for the command's database."""
-    from airflow_ml_provider.dictionary_store import DEFAULT_TABLE, DictionaryError, DictionaryStore
+    """(store, key_prefix) for the command's database (ml/settings.py decides which)."""
+    from airflow_ml_provider.dictionary_store import DictionaryError, DictionaryStore
+    from airflow_ml_provider.ml import settings
 
-    if args.sql_alchemy_conn:
-        settings: dict[str, Any] = {"sql_alchemy_conn": args.sql_alchemy_conn}
-    else:
-        settings = _settings_from_airflow()
-    url = settings.get("sql_alchemy_conn")
-    if not url or not isinstance(url, str):
-        raise CLIError(f"{settings.get('_source', 'configuration')}: sql_alchemy_conn is missing")
-    table = args.table or settings.get("table") or DEFAULT_TABLE
-    prefix = args.key_prefix if args.key_prefix is not None else (settings.get("key_prefix") or "")
     try:
-        timeout = float(settings.get("connect_timeout", 5))
-    except (TypeError, ValueError):
-        raise CLIError(f"connect_timeout must be a number, got {settings.get('connect_timeout')!r}") from None
+        resolved = settings.resolve(
+            dictionary=args.sql_alchemy_conn or None, dictionary_table=args.table or None,
+            dictionary_key_prefix=args.key_prefix,
+        )
+        location = settings.dictionary_location(resolved)
+    except settings.SettingsError as exc:
+        raise CLIError(str(exc)) from None
+    if location is None:
+        raise CLIError(
+            "no dictionary database configured: pass --sql-alchemy-conn, set [ml] dictionary_conn "
+            "(AIRFLOW__ML__DICTIONARY_CONN) or $AIRFLOW_ML_DICTIONARY, or enable "
+            f"{BACKEND_CLASS} in [workers] secrets_backend / [secrets] backend"
+        )
     try:
-        store = DictionaryStore(url, table, connect_timeout=min(timeout, 5.0) if timeout > 0 else 5.0)
+        store = DictionaryStore(location.url, location.table)
         store.create_tables()
     except DictionaryError as exc:
         raise CLIError(str(exc)) from None
-    return store, prefix
+    return store, location.key_prefix
 
 
 def _full_key(prefix: str, key: str) -> str:

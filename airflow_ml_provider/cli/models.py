@@ -7,19 +7,18 @@ Examples::
     airflow-ml models rollback churn --to 2 [--by alice] [--reason "AUC drop in prod"]
 
 Every command takes ``--registry URL_OR_CONN_ID``: a SQLAlchemy URL (``sqlite:////path/reg.db``,
-``mysql://user:pw@host/db``) or an Airflow connection id. Without it, ``$AIRFLOW_ML_REGISTRY`` is
-used, then the Airflow config option ``[ml] registry_conn`` (``AIRFLOW__ML__REGISTRY_CONN`` or
-``airflow.cfg``). See docs/registry.md.
+``mysql://user:pw@host/db``) or an Airflow connection id. Without it the registry setting is used,
+as by the operators, the UI and ``airflow-ml serve``: the Airflow config option ``[ml] registry_conn``
+(``AIRFLOW__ML__REGISTRY_CONN`` or ``airflow.cfg``, read through Airflow), then
+``$AIRFLOW_ML_REGISTRY``, then the embedded ``$AIRFLOW_ML_HOME/registry.db``. See docs/configuration.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import configparser
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from airflow_ml_provider.cli import CLIError
@@ -41,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--registry",
             metavar="URL_OR_CONN_ID",
             default=None,
-            help=f"SQLAlchemy URL or Airflow connection id of the registry (default: ${ENV_REGISTRY}, "
-            "then Airflow config [ml] registry_conn)",
+            help="SQLAlchemy URL or Airflow connection id of the registry (default: Airflow config "
+            f"[ml] registry_conn, then ${ENV_REGISTRY}, then $AIRFLOW_ML_HOME/registry.db)",
         )
 
     p_list = sub.add_parser("list", help="list published model versions")
@@ -77,47 +76,19 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _airflow_config_file() -> Path:
-    if os.environ.get("AIRFLOW_CONFIG"):
-        return Path(os.environ["AIRFLOW_CONFIG"]).expanduser()
-    home = os.environ.get("AIRFLOW_HOME") or "~/airflow"
-    return Path(home).expanduser() / "airflow.cfg"
-
-
-def _default_registry() -> str | None:
-    """``$AIRFLOW_ML_REGISTRY``, then Airflow's ``[ml] registry_conn`` option: from
-    ``$AIRFLOW__ML__REGISTRY_CONN`` or ``airflow.cfg`` (``$AIRFLOW_CONFIG``, else
-    ``$AIRFLOW_HOME/airflow.cfg``), read directly so the CLI does not pay for importing Airflow."""
-    for var in (ENV_REGISTRY, "AIRFLOW__ML__REGISTRY_CONN"):
-        value = os.environ.get(var, "").strip()
-        if value:
-            return value
-    path = _airflow_config_file()
-    if not path.is_file():
-        return None
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        parser.read(path, encoding="utf-8")
-    except (configparser.Error, OSError, UnicodeDecodeError) as exc:
-        raise CLIError(f"cannot read the Airflow config {path}: {exc}") from None
-    value = parser.get("ml", "registry_conn", fallback="").strip()
-    return value or None
-
-
 def _open(args: argparse.Namespace):
-    from airflow_ml_provider.hooks.registry import resolve_registry_url
+    """The registry named by ``--registry``, else by the registry setting (ml/settings.py)."""
+    from airflow_ml_provider.ml import settings
     from airflow_ml_provider.ml.registry import ModelRegistry, RegistryError
 
-    value = args.registry if args.registry is not None else _default_registry()
-    if not value or not value.strip():
-        raise CLIError(
-            f"no registry: pass --registry URL_OR_CONN_ID, or set ${ENV_REGISTRY} "
-            "(or the Airflow config option [ml] registry_conn)"
-        )
+    if args.registry is not None and not args.registry.strip():
+        raise CLIError("--registry is empty: give a SQLAlchemy URL or an Airflow connection id")
     try:
-        return ModelRegistry(resolve_registry_url(value))
-    except RegistryError as exc:
-        raise CLIError(f"--registry: {exc}") from None
+        location = settings.registry_location(registry=args.registry)
+        return ModelRegistry(location.url, table_prefix=location.table_prefix)
+    except (RegistryError, settings.SettingsError) as exc:
+        origin = "--registry" if args.registry is not None else "registry"
+        raise CLIError(f"{origin}: {exc}") from None
 
 
 def _call(fn, *a, **kw):

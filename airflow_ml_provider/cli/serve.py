@@ -6,7 +6,9 @@ Example::
     AIRFLOW_ML_SERVE_TOKEN=s3cret airflow-ml serve --registry ml_registry --models churn
 
 ``--registry`` takes the registry's SQLAlchemy URL or an Airflow connection id (resolved through
-Airflow, imported only in that case). See docs/serving.md.
+Airflow, imported only in that case). Without it the service follows the registry setting, as the
+operators, the CLI and the UI do (``[ml] registry_conn``, ``$AIRFLOW_ML_REGISTRY``, else
+``$AIRFLOW_ML_HOME/registry.db``; docs/configuration.md). See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import re
 
 from airflow_ml_provider.cli import CLIError
+from airflow_ml_provider.cli.args import check_bindable, directory_arg, host_arg
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
@@ -29,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Serving style REST API; new versions and rollbacks are picked up by polling and swapped in "
         "without dropping a request.",
     )
-    p.add_argument("--registry", required=True, metavar="URL_OR_CONN_ID",
-                   help="the model registry: a SQLAlchemy URL, or an Airflow connection id")
+    p.add_argument("--registry", default=None, metavar="URL_OR_CONN_ID",
+                   help="the model registry: a SQLAlchemy URL, or an Airflow connection id (default: the "
+                   "registry setting: [ml] registry_conn, $AIRFLOW_ML_REGISTRY, else $AIRFLOW_ML_HOME/registry.db)")
     p.add_argument("--models", required=True, metavar="NAME[,NAME...]", help="the models to serve")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8501, help="port (default 8501, as TF Serving's REST port)")
@@ -65,23 +69,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _resolve_registry(value: str) -> str:
-    value = value.strip()
-    if not value:
+def _resolve_registry(value: str | None):
+    """The registry's :class:`~airflow_ml_provider.ml.settings.RegistryLocation` (``--registry``, else the setting)."""
+    from airflow_ml_provider.ml import settings
+
+    if value is not None and not value.strip():
         raise CLIError("--registry is empty: give a SQLAlchemy URL or an Airflow connection id")
-    if "://" in value:
-        return value
     try:
-        from airflow_ml_provider.hooks.registry import resolve_registry_url
-    except ImportError as exc:
-        raise CLIError(f"--registry {value!r} looks like an Airflow connection id, but it cannot be "
-                       f"resolved here ({exc}); pass the SQLAlchemy URL instead") from None
-    try:
-        return resolve_registry_url(value)
-    except CLIError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise CLIError(f"--registry: cannot resolve Airflow connection {value!r}: {exc}") from None
+        return settings.registry_location(registry=value)
+    except Exception as exc:  # noqa: BLE001 - RegistryError, SettingsError: one line naming it
+        origin = "--registry" if value is not None else "registry"
+        raise CLIError(f"{origin}: {exc}") from None
 
 
 def build_config(args: argparse.Namespace) -> dict:
@@ -110,8 +108,14 @@ def build_config(args: argparse.Namespace) -> dict:
             raise CLIError(f"{flag} must be 0 (never) or a positive number of seconds, got {value}")
     if args.max_connections < 1:
         raise CLIError(f"--max-connections must be at least 1, got {args.max_connections}")
+    host_arg(args.host)
+    if args.cache_dir is not None:
+        directory_arg(args.cache_dir, "--cache-dir")
+    location = _resolve_registry(args.registry)
     return {
-        "registry": _resolve_registry(args.registry),
+        "registry": location.url,
+        "table_prefix": location.table_prefix,
+        "registry_source": location.source,
         "models": models,
         "poll_seconds": args.poll_seconds,
         "keep_versions": args.keep_versions,
@@ -125,18 +129,19 @@ def build_config(args: argparse.Namespace) -> dict:
     }
 
 
-def _check_registry(url: str, models: list[str]) -> None:
+def _check_registry(url: str, models: list[str], table_prefix: str = "") -> None:
     """Fail fast, with a clear message, when the registry cannot be reached at all."""
     from airflow_ml_provider.ml.registry import ModelRegistry
 
     try:
-        reg = ModelRegistry(url)
+        reg = ModelRegistry(url, table_prefix=table_prefix)
         for name in models:
             reg.current(name)
+        reg.dispose()
     except Exception as exc:  # noqa: BLE001
-        from airflow_ml_provider.ml.storage import mask_uri
+        from airflow_ml_provider.ml.db import mask_url
 
-        raise CLIError(f"cannot read the model registry at {mask_uri(url)}: {type(exc).__name__}: {exc}") \
+        raise CLIError(f"cannot read the model registry at {mask_url(url)}: {type(exc).__name__}: {exc}") \
             from None
 
 
@@ -147,10 +152,17 @@ def run(args: argparse.Namespace) -> int:
 
     from airflow_ml_provider.serving.app import CONFIG_ENV, LOG_FORMAT, TOKEN_ENV, create_app
 
+    from airflow_ml_provider.ml.db import mask_url
+    from airflow_ml_provider.ml.registry import ModelRegistry
+
     config = build_config(args)
-    _check_registry(config["registry"], config["models"])
+    check_bindable(args.host, args.port)
+    _check_registry(config["registry"], config["models"], config["table_prefix"])
     token = args.token or os.environ.get(TOKEN_ENV) or None
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    logging.getLogger("airflow_ml_provider.serve").info(
+        "Model registry: %s (%s)%s", mask_url(config["registry"]), config["registry_source"],
+        f", table prefix {config['table_prefix']!r}" if config["table_prefix"] else "")
     from airflow_ml_provider.serving.protocol import PROTOCOL_PATH, configure
 
     protocol = configure(header_timeout=config["header_timeout"], body_timeout=config["body_timeout"],
@@ -170,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run("airflow_ml_provider.serving.app:create_app_from_env", factory=True,
                     workers=args.workers, **common)
     else:
-        app = create_app(config["registry"], config["models"], poll_seconds=config["poll_seconds"],
+        registry = ModelRegistry(config["registry"], table_prefix=config["table_prefix"])
+        app = create_app(registry, config["models"], poll_seconds=config["poll_seconds"],
                          keep_versions=config["keep_versions"], cache_dir=config["cache_dir"], token=token,
                          max_body_bytes=config["max_body_bytes"], max_instances=config["max_instances"],
                          predict_threads=config["predict_threads"])

@@ -199,10 +199,13 @@ def resolve(
     dictionary_table: str | None = None,
     dictionary_key_prefix: str | None = None,
     service_url: str | None = None,
+    backend_in_use: bool = False,
     airflow_conf: Any = _AUTO,
 ) -> Settings:
     """Resolve every location (see the module doc for the order). Arguments that are None (or
-    empty) do not count as given. ``airflow_conf`` replaces Airflow's ``conf`` (None: ignore Airflow)."""
+    empty) do not count as given. ``backend_in_use``: the caller is the DictionaryTableBackend (so the
+    dictionary's embedded default applies). ``airflow_conf`` replaces Airflow's ``conf`` (None: ignore
+    Airflow)."""
     conf = _airflow_conf() if airflow_conf is _AUTO else airflow_conf
     given = {
         "home": home,
@@ -216,6 +219,7 @@ def resolve(
     values: dict[str, str | None] = {}
     sources: dict[str, str] = {}
     backend, backend_source, backend_enabled = _backend_kwargs(conf)
+    backend_enabled = backend_enabled or backend_in_use
 
     for name, (option, env_var) in OPTIONS.items():
         explicit = given[name]
@@ -241,7 +245,7 @@ def resolve(
 
     home_dir = os.path.expanduser(values["home"] or os.path.join("~", "airflow-ml"))
     if sources["dictionary"] == DEFAULT and backend_enabled:
-        values["dictionary"] = f"sqlite:///{os.path.join(home_dir, 'dictionary.db')}"
+        values["dictionary"] = embedded_dictionary_url(home_dir)
     return Settings(
         home=home_dir,
         storage=values["storage"] or os.path.join(home_dir, "storage"),
@@ -253,6 +257,11 @@ def resolve(
         sources=sources,
         dictionary_backend_enabled=backend_enabled,
     )
+
+
+def embedded_dictionary_url(home: str) -> str:
+    """The embedded default dictionary database: SQLite in the ML home."""
+    return f"sqlite:///{os.path.join(home, 'dictionary.db')}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,7 +287,7 @@ def _airflow_connection(conn_id: str) -> Any:
             raise LookupError(f"Airflow connection {conn_id!r} is not defined ({first})") from None
 
 
-def _fields_of(conn: Any) -> dict[str, Any]:
+def fields_of_connection(conn: Any) -> dict[str, Any]:
     extra = getattr(conn, "extra_dejson", None)
     if extra is None:
         raw = getattr(conn, "extra", None) or {}
@@ -312,10 +321,10 @@ def connection_fields(
     if fields is not None:
         return fields
     if get_connection is not None:
-        return _fields_of(get_connection(conn_id))
+        return fields_of_connection(get_connection(conn_id))
     if not use_airflow:
         raise LookupError(f"{conn_id!r} is not a URL and AIRFLOW_CONN_{conn_id.upper()} is not set")
-    return _fields_of(_airflow_connection(conn_id))
+    return fields_of_connection(_airflow_connection(conn_id))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,9 +13,11 @@
   this run (it was disabled), :meth:`MLBaseOperator.upstream` falls back to that pointer -- the
   upstream's output from its last successful run -- and logs so. Without one the task fails with
   a message saying which upstream to enable.
-* **locations.** ``storage_root`` (templated) defaults to ``$AIRFLOW_ML_STORAGE``, else
-  ``$AIRFLOW_ML_HOME/storage`` (``AIRFLOW_ML_HOME`` defaults to ``~/airflow-ml``). Each task writes
-  its output under ``<storage_root>/runs/<dag_id>/<run_id>/<task_id>/`` unless ``output_uri`` is set.
+* **locations.** ``storage_root`` (templated) defaults to the platform's storage setting, and the
+  registry to its registry setting, both resolved by :mod:`airflow_ml_provider.ml.settings` when the
+  task runs (``[ml] storage`` / ``AIRFLOW_ML_STORAGE``, else ``<ML home>/storage``; see
+  docs/configuration.md). Each task writes its output under
+  ``<storage_root>/runs/<dag_id>/<run_id>/<task_id>/`` unless ``output_uri`` is set.
 
 Heavy libraries are imported inside ``execute`` only; importing this module is cheap.
 """
@@ -23,7 +25,6 @@ Heavy libraries are imported inside ``execute`` only; importing this module is c
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -34,25 +35,30 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_ml_provider.disabled_tasks import skip_if_disabled
+from airflow_ml_provider.ml import settings
 
 __all__ = ["MLBaseOperator", "default_storage_root", "default_registry", "ml_home", "safe_path_part"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+# Thin wrappers over the one settings owner (ml/settings.py); called when tasks run, never at parse time.
+
+
 def ml_home() -> str:
-    """``$AIRFLOW_ML_HOME`` or ``~/airflow-ml``: the root of the embedded default set-up."""
-    return os.environ.get("AIRFLOW_ML_HOME") or os.path.join(os.path.expanduser("~"), "airflow-ml")
+    """The ML home (``[ml] home``, ``$AIRFLOW_ML_HOME``, else ``~/airflow-ml``)."""
+    return settings.resolve().home
 
 
 def default_storage_root() -> str:
-    """``$AIRFLOW_ML_STORAGE`` (any storage URI), else ``$AIRFLOW_ML_HOME/storage`` on local disk."""
-    return os.environ.get("AIRFLOW_ML_STORAGE") or os.path.join(ml_home(), "storage")
+    """The artifact storage root (``[ml] storage``, ``$AIRFLOW_ML_STORAGE``, else ``<home>/storage``)."""
+    return settings.resolve().storage
 
 
 def default_registry() -> str:
-    """``$AIRFLOW_ML_REGISTRY`` (a SQLAlchemy URL or an Airflow connection id), else SQLite in the home."""
-    return os.environ.get("AIRFLOW_ML_REGISTRY") or f"sqlite:///{os.path.join(ml_home(), 'registry.db')}"
+    """The registry as configured (URL or connection id; ``[ml] registry_conn``, ``$AIRFLOW_ML_REGISTRY``,
+    else SQLite in the home). Prefer :meth:`MLBaseOperator.open_registry`, which keeps its table prefix."""
+    return settings.resolve().registry
 
 
 def safe_path_part(text: str) -> str:
@@ -67,7 +73,8 @@ class MLBaseOperator(BaseOperator):
     ``output_uri`` as keyword arguments.
 
     :param storage_root: where artifacts go (``file:///...``, a local path, or
-        ``webhdfs://<conn_id>@/path``); default ``$AIRFLOW_ML_STORAGE`` or ``$AIRFLOW_ML_HOME/storage``.
+        ``webhdfs://<conn_id>@/path``); default: the storage setting (``[ml] storage``,
+        ``$AIRFLOW_ML_STORAGE``, else ``<ML home>/storage``; docs/configuration.md).
     :param output_uri: this task's output directory; default
         ``<storage_root>/runs/<dag_id>/<run_id>/<task_id>``.
     """
@@ -106,7 +113,18 @@ class MLBaseOperator(BaseOperator):
     # -- locations -----------------------------------------------------------------------------
 
     def resolved_storage_root(self) -> str:
-        return str(self.storage_root or default_storage_root())
+        return str(self.storage_root or settings.resolve().storage)
+
+    def open_registry(self, registry: str | None = None):
+        """The :class:`~airflow_ml_provider.ml.registry.ModelRegistry` named by ``registry`` (a URL or a
+        connection id; default: this operator's ``registry`` attribute, else the registry setting),
+        with the table prefix of the connection's extra."""
+        registry = registry if registry is not None else getattr(self, "registry", None)
+        location = settings.registry_location(registry=registry or None)
+        self.log.info("Model registry: %s (%s)", location.masked, location.source)
+        from airflow_ml_provider.ml.registry import ModelRegistry
+
+        return ModelRegistry(location.url, table_prefix=location.table_prefix)
 
     def run_dir_uri(self, context: Any) -> str:
         from airflow_ml_provider.ml import storage

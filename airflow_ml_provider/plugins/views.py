@@ -6,11 +6,15 @@ Airflow's own auth: ``/ml/models`` and ``/ml/api/models*`` need a signed-in user
 routes need read access to Variables (the dictionary serves Variables). Values of keys that look
 sensitive (Airflow's rules: ``password``, ``secret``, ``token``...) are shown as ``***``.
 
-Where the data lives:
+Where the data lives is decided by :mod:`airflow_ml_provider.ml.settings`, as for the operators, the
+CLI and the service (docs/configuration.md):
 
-* registry: ``$AIRFLOW_ML_REGISTRY`` or ``[ml] registry_conn`` (a SQLAlchemy URL or a connection id);
-* dictionary: ``[secrets] backend_kwargs`` of the API server, when ``[secrets] backend`` is the
-  DictionaryTableBackend (the same settings the backend uses there).
+* registry: ``[ml] registry_conn``, ``$AIRFLOW_ML_REGISTRY``, else ``$AIRFLOW_ML_HOME/registry.db``;
+* dictionary: the DictionaryTableBackend's kwargs when Airflow uses it, else ``[ml] dictionary_conn``,
+  else ``$AIRFLOW_ML_DICTIONARY``, else (backend enabled) ``$AIRFLOW_ML_HOME/dictionary.db``. When no
+  dictionary is configured the JSON route answers 404 and the page says how to set one up.
+
+The HTML pages never show raw JSON errors: a problem (registry unreachable...) is shown on the page.
 
 Routes (JSON): ``GET /ml/api/models``, ``GET /ml/api/models/{name}``, ``GET /ml/api/dictionary``;
 (HTML): ``GET /ml/models``, ``GET /ml/dictionary``.
@@ -20,52 +24,50 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
-import os
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 
-BACKEND_CLASS = "airflow_ml_provider.secrets.dictionary.DictionaryTableBackend"
+def _registry_location():
+    from airflow_ml_provider.ml import settings
+    from airflow_ml_provider.ml.registry import RegistryError
 
-
-def _registry_value() -> str | None:
-    value = os.environ.get("AIRFLOW_ML_REGISTRY", "").strip()
-    if value:
-        return value
-    from airflow.configuration import conf
-
-    return (conf.get("ml", "registry_conn", fallback="") or "").strip() or None
+    try:
+        return settings.registry_location()
+    except (RegistryError, settings.SettingsError) as exc:
+        raise HTTPException(503, f"model registry: {exc}") from None
 
 
 def _open_registry():
-    from airflow_ml_provider.hooks.registry import resolve_registry_url
     from airflow_ml_provider.ml.registry import ModelRegistry
 
-    value = _registry_value()
-    if not value:
-        raise HTTPException(503, "no model registry configured: set AIRFLOW_ML_REGISTRY or [ml] registry_conn")
-    return ModelRegistry(resolve_registry_url(value))
+    location = _registry_location()
+    return ModelRegistry(location.url, table_prefix=location.table_prefix)
 
 
-def _dictionary_settings() -> dict[str, Any]:
-    from airflow.configuration import conf
+def _dictionary_location():
+    """The dictionary's location, or None when none is configured."""
+    from airflow_ml_provider.ml import settings
 
-    if (conf.get("secrets", "backend", fallback="") or "").strip() != BACKEND_CLASS:
-        raise HTTPException(503, f"[secrets] backend is not {BACKEND_CLASS}")
-    raw = conf.get("secrets", "backend_kwargs", fallback="") or "{}"
     try:
-        kwargs = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise HTTPException(503, f"[secrets] backend_kwargs is not valid JSON: {exc.msg}") from None
-    if not kwargs.get("sql_alchemy_conn"):
-        raise HTTPException(503, "[secrets] backend_kwargs has no sql_alchemy_conn")
-    return kwargs
+        return settings.dictionary_location()
+    except settings.SettingsError as exc:
+        raise HTTPException(503, str(exc)) from None
+
+
+NO_DICTIONARY = (
+    "No dictionary database is configured. Enable the secrets backend "
+    "(AIRFLOW__SECRETS__BACKEND=airflow_ml_provider.secrets.dictionary.DictionaryTableBackend; it then uses "
+    "$AIRFLOW_ML_HOME/dictionary.db), or name a database with [ml] dictionary_conn "
+    "(AIRFLOW__ML__DICTIONARY_CONN) or AIRFLOW_ML_DICTIONARY. See docs/configuration.md."
+)
 
 
 def models_overview() -> list[dict[str, Any]]:
     """One entry per model: the version being served and every published version."""
+    from airflow_ml_provider.ml.registry import RegistryError
+
     registry = _open_registry()
     try:
         out = []
@@ -80,6 +82,8 @@ def models_overview() -> list[dict[str, Any]]:
                 }
             )
         return out
+    except RegistryError as exc:
+        raise HTTPException(503, str(exc)) from None
     finally:
         registry.dispose()
 
@@ -111,16 +115,20 @@ def dictionary_entries() -> list[dict[str, Any]]:
         from airflow.sdk.execution_time.secrets_masker import should_hide_value_for_key
 
     from airflow_ml_provider.dictionary_store import (
-        DEFAULT_TABLE,
         DictionaryError,
         DictionaryStore,
         DictionaryTableMissing,
     )
 
-    settings = _dictionary_settings()
-    store = DictionaryStore(settings["sql_alchemy_conn"], settings.get("table", DEFAULT_TABLE))
+    location = _dictionary_location()
+    if location is None:
+        raise HTTPException(404, NO_DICTIONARY)
     try:
-        entries = store.list(settings.get("key_prefix") or None)
+        store = DictionaryStore(location.url, location.table)
+    except DictionaryError as exc:
+        raise HTTPException(503, str(exc)) from None
+    try:
+        entries = store.list(location.key_prefix or None)
     except DictionaryTableMissing:
         entries = []  # nothing set yet: `airflow-ml dictionary init` or the first `set` creates it
     except DictionaryError as exc:
@@ -136,20 +144,26 @@ def dictionary_entries() -> list[dict[str, Any]]:
     return rows
 
 
-def _page(title: str, header: list[str], rows: list[list[Any]], note: str = "") -> HTMLResponse:
+def _page(title: str, header: list[str], rows: list[list[Any]], note: str = "", *, empty_text: str = "Nothing here yet.",
+          problem: str | None = None, status: int = 200) -> HTMLResponse:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in row) + "</tr>"
         for row in rows
     )
-    empty = "" if rows else '<p class="empty">Nothing here yet.</p>'
+    empty = "" if rows else f'<p class="empty">{html.escape(empty_text)}</p>'
+    if problem is not None:
+        empty = f'<p class="problem">{html.escape(problem)}</p>'
+        head = body = ""
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if head else ""
     return HTMLResponse(
         f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.5rem}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}}
-th{{background:#f3f3f3}}.note{{color:#555}}</style></head>
+th{{background:#f3f3f3}}.note{{color:#555}}.problem{{color:#a00}}</style></head>
 <body><h1>{html.escape(title)}</h1><p class="note">{html.escape(note)}</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{empty}</body></html>"""
+{table}{empty}</body></html>""",
+        status_code=status,
     )
 
 
@@ -175,7 +189,13 @@ def create_app() -> FastAPI:
 
     @app.get("/models", dependencies=signed_in, response_class=HTMLResponse)
     async def models_page() -> HTMLResponse:
-        models = await asyncio.to_thread(models_overview)
+        header = ["model", "serving", "versions", "framework", "metrics", "bundle", "published"]
+        try:
+            location = await asyncio.to_thread(_registry_location)
+            models = await asyncio.to_thread(models_overview)
+        except HTTPException as exc:
+            return _page("Published models", header, [], "", problem=str(exc.detail), status=exc.status_code)
+        where = f"From the model registry at {location.masked} (set by {location.source})."
         rows = []
         for m in models:
             cur = m["current"] or {}
@@ -183,14 +203,24 @@ def create_app() -> FastAPI:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
             rows.append([m["name"], m["serving_version"], ", ".join(map(str, m["versions"])),
                          cur.get("framework"), shown, cur.get("bundle_uri"), cur.get("created_at")])
-        return _page("Published models", ["model", "serving", "versions", "framework", "metrics", "bundle",
-                                          "published"], rows, "From the model registry (ml_model_publish).")
+        return _page("Published models", header, rows, where,
+                     empty_text="No model has been published yet: run a DAG that ends with PublishModelOperator.")
 
     @app.get("/dictionary", dependencies=can_read_variables, response_class=HTMLResponse)
     async def dictionary_page() -> HTMLResponse:
-        entries = await asyncio.to_thread(dictionary_entries)
+        header = ["key", "value", "description", "updated", "by"]
+        try:
+            location = await asyncio.to_thread(_dictionary_location)
+            if location is None:
+                return _page("Dictionary table", header, [], "", problem=NO_DICTIONARY)
+            entries = await asyncio.to_thread(dictionary_entries)
+        except HTTPException as exc:
+            return _page("Dictionary table", header, [], "", problem=str(exc.detail), status=exc.status_code)
         rows = [[e["key"], e["value"], e["description"], e["updated_at"], e["updated_by"]] for e in entries]
-        return _page("Dictionary table", ["key", "value", "description", "updated", "by"], rows,
-                     "Served to DAGs as Airflow Variables; change with `airflow-ml dictionary set`.")
+        where = (f"Table {location.table!r} at {location.masked} (set by {location.source})"
+                 + (f", key prefix {location.key_prefix!r}" if location.key_prefix else "")
+                 + ". Served to DAGs as Airflow Variables; change with `airflow-ml dictionary set`.")
+        return _page("Dictionary table", header, rows, where,
+                     empty_text="The dictionary is empty: add a key with `airflow-ml dictionary set KEY VALUE`.")
 
     return app

@@ -12,6 +12,12 @@ it when ``[workers] secrets_backend`` is empty)::
     backend = airflow_ml_provider.secrets.dictionary.DictionaryTableBackend
     backend_kwargs = {"sql_alchemy_conn": "mysql+pymysql://user:pw@db/ml", "cache_ttl_seconds": 60}
 
+Without ``sql_alchemy_conn`` (or ``table`` / ``key_prefix``) the backend uses the dictionary
+settings of :mod:`airflow_ml_provider.ml.settings`, as the CLI and the UI do: ``[ml] dictionary_conn``
+(``AIRFLOW__ML__DICTIONARY_CONN``), else ``$AIRFLOW_ML_DICTIONARY``, else the embedded
+``$AIRFLOW_ML_HOME/dictionary.db`` (docs/configuration.md). So ``backend =
+airflow_ml_provider.secrets.dictionary.DictionaryTableBackend`` alone is a working set-up.
+
 Lookup order: this backend first, then environment variables (``AIRFLOW_VAR_*``), then Airflow's
 metastore (through the API server in a task). A key that is not in the dictionary returns None, so
 Airflow falls through to the next source.
@@ -36,7 +42,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_ml_provider.dictionary_store import (
-    DEFAULT_TABLE,
     MAX_CONNECT_TIMEOUT,
     MAX_KEY_LENGTH,
     DictionaryError,
@@ -124,10 +129,14 @@ class DictionaryTableBackend(BaseSecretsBackend):
     """Serve Airflow Variables from the dictionary table.
 
     :param sql_alchemy_conn: SQLAlchemy URL of the database holding the table
-        (``mysql+pymysql://user:pw@host:3306/db`` or ``sqlite:////path/dictionary.db``).
-    :param table: the dictionary table (a plain identifier); default ``ml_dictionary``.
+        (``mysql+pymysql://user:pw@host:3306/db`` or ``sqlite:////path/dictionary.db``); default:
+        the dictionary setting (``[ml] dictionary_conn``, ``$AIRFLOW_ML_DICTIONARY``, else
+        ``$AIRFLOW_ML_HOME/dictionary.db``; a connection id is read from ``AIRFLOW_CONN_<ID>``).
+    :param table: the dictionary table (a plain identifier); default ``[ml] dictionary_table``,
+        else ``ml_dictionary``.
     :param key_prefix: if set, Variable ``x`` is the row ``<key_prefix>x`` and only the rows under
-        the prefix are loaded (e.g. ``prod.`` and ``staging.`` sharing one table).
+        the prefix are loaded (e.g. ``prod.`` and ``staging.`` sharing one table); default
+        ``[ml] dictionary_key_prefix``, else none.
     :param cache_ttl_seconds: age after which a process reloads its snapshot (default 60).
     :param stale_grace_seconds: while the database is unreachable, keep serving a snapshot
         this young, with a warning (default 300); past it, lookups raise.
@@ -139,7 +148,7 @@ class DictionaryTableBackend(BaseSecretsBackend):
     def __init__(
         self,
         sql_alchemy_conn: str | None = None,
-        table: str = DEFAULT_TABLE,
+        table: str | None = None,
         key_prefix: str | None = None,
         cache_ttl_seconds: float | str = DEFAULT_CACHE_TTL_SECONDS,
         stale_grace_seconds: float | str = DEFAULT_STALE_GRACE_SECONDS,
@@ -153,14 +162,17 @@ class DictionaryTableBackend(BaseSecretsBackend):
                 f"DictionaryTableBackend: unknown argument(s) {sorted(unknown)}; expected sql_alchemy_conn, "
                 "table, key_prefix, cache_ttl_seconds, stale_grace_seconds, connect_timeout, query_timeout"
             )
-        if not sql_alchemy_conn or not isinstance(sql_alchemy_conn, str):
+        if sql_alchemy_conn is not None and (not isinstance(sql_alchemy_conn, str) or not sql_alchemy_conn.strip()):
             raise DictionaryValidationError(
-                "DictionaryTableBackend: sql_alchemy_conn (a SQLAlchemy URL) is required in the backend kwargs"
+                "DictionaryTableBackend: sql_alchemy_conn must be a SQLAlchemy URL (or leave it out to use "
+                "[ml] dictionary_conn / AIRFLOW_ML_DICTIONARY / $AIRFLOW_ML_HOME/dictionary.db)"
             )
-        self.sql_alchemy_conn = sql_alchemy_conn
-        self.database = mask_url(sql_alchemy_conn)
-        self.table = validate_table_name(table)
-        self.key_prefix = key_prefix or ""
+        location = self._location(sql_alchemy_conn, table, key_prefix)
+        self.sql_alchemy_conn = location.url
+        self.source = location.source
+        self.database = mask_url(self.sql_alchemy_conn)
+        self.table = validate_table_name(location.table)
+        self.key_prefix = location.key_prefix or ""
         if self.key_prefix:
             if any(ord(c) < 32 or ord(c) == 127 for c in self.key_prefix):
                 raise DictionaryValidationError(
@@ -183,10 +195,29 @@ class DictionaryTableBackend(BaseSecretsBackend):
             else _number("query_timeout", query_timeout, minimum=0.001)
         )
         self._store: DictionaryStore | None = None  # built at the first lookup: creating a backend is free
-        self._cache_key = (sql_alchemy_conn, self.table, self.key_prefix)
+        self._cache_key = (self.sql_alchemy_conn, self.table, self.key_prefix)
         # The driver import (~30 ms for pymysql) happens here, when Airflow builds its backends: in a
         # worker the supervisor does that before forking the task process, which inherits the module.
-        preload_driver(sql_alchemy_conn)
+        preload_driver(self.sql_alchemy_conn)
+
+    @staticmethod
+    def _location(sql_alchemy_conn: str | None, table: str | None, key_prefix: str | None):
+        """The database, table and key prefix: these kwargs, else ml/settings.py's dictionary settings."""
+        from airflow_ml_provider.ml import settings
+
+        try:
+            # Airflow builds this backend while it loads its configuration: read [ml] through the
+            # finished ``conf`` object, and a connection id only from AIRFLOW_CONN_<ID> (looking it up
+            # through Airflow's secrets backends from inside one would recurse).
+            resolved = settings.resolve(
+                dictionary=sql_alchemy_conn, dictionary_table=table, dictionary_key_prefix=key_prefix,
+                backend_in_use=True,
+            )
+            location = settings.dictionary_location(resolved, use_airflow_connections=False)
+        except settings.SettingsError as exc:
+            raise DictionaryValidationError(f"DictionaryTableBackend: {exc}") from None
+        assert location is not None
+        return location
 
     # -- Airflow's interface ----------------------------------------------------------------
 

@@ -594,8 +594,13 @@ def create_app_from_env() -> ServingApp:
               max_connections=config.get("max_connections", DEFAULT_MAX_CONNECTIONS))
     if not logging.getLogger().handlers:  # a spawned worker: log like the parent does
         logging.basicConfig(level=str(config.get("log_level", "info")).upper(), format=LOG_FORMAT)
+    registry: Any = config["registry"]
+    if config.get("table_prefix"):  # the registry connection's table prefix (ml/settings.py)
+        from airflow_ml_provider.ml.registry import ModelRegistry
+
+        registry = ModelRegistry(registry, table_prefix=config["table_prefix"])
     return create_app(
-        config["registry"],
+        registry,
         config["models"],
         poll_seconds=float(config.get("poll_seconds", 2.0)),
         keep_versions=int(config.get("keep_versions", 3)),
