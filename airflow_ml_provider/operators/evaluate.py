@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow_ml_provider.operators.base import MLBaseOperator, default_registry
+from airflow_ml_provider.operators.base import MLBaseOperator
 
 __all__ = ["EvaluateOperator", "gate_variable_names"]
 
@@ -89,7 +89,8 @@ class EvaluateOperator(MLBaseOperator):
     :param min_improvement: how much the challenger must beat the champion by (negative: tolerance).
     :param champion: compare with the currently published model (default True).
     :param registry: the model registry: a SQLAlchemy URL or an Airflow connection id; default
-        ``$AIRFLOW_ML_REGISTRY`` or SQLite under ``$AIRFLOW_ML_HOME``.
+        the registry setting (``[ml] registry_conn``, ``$AIRFLOW_ML_REGISTRY``, else SQLite under the ML
+        home; docs/configuration.md). A connection's extra may set ``table_prefix``.
     :param variable_prefix: prefix of the gate Variables (default ``ml``).
     :param charts: draw the PNG charts (default True).
     :param storage_root: see :class:`~airflow_ml_provider.operators.base.MLBaseOperator`.
@@ -196,10 +197,7 @@ class EvaluateOperator(MLBaseOperator):
     def champion_metrics(self, cfg: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Any]:
         if not cfg["champion"]:
             return None, None
-        from airflow_ml_provider.hooks.registry import resolve_registry_url
-        from airflow_ml_provider.ml.registry import ModelRegistry
-
-        reg = ModelRegistry(resolve_registry_url(self.registry or default_registry()))
+        reg = self.open_registry()  # ml/settings.py: self.registry, else the setting; keeps table_prefix
         try:
             record = reg.current(self.model_name)
         finally:

@@ -45,7 +45,7 @@ from typing import Any
 
 from airflow.sdk import Asset
 
-from airflow_ml_provider.operators.base import MLBaseOperator, default_registry
+from airflow_ml_provider.operators.base import MLBaseOperator
 
 __all__ = ["PublishModelOperator", "model_asset"]
 
@@ -65,7 +65,8 @@ class PublishModelOperator(MLBaseOperator):
         data and feature tables) recorded in the bundle (default ``preprocess``).
     :param fitted_spec_uri: the fitted spec, overriding the preprocessing task's.
     :param registry: the model registry: a SQLAlchemy URL or an Airflow connection id; default
-        ``$AIRFLOW_ML_REGISTRY`` or SQLite under ``$AIRFLOW_ML_HOME``.
+        the registry setting (``[ml] registry_conn``, ``$AIRFLOW_ML_REGISTRY``, else SQLite under the ML
+        home; docs/configuration.md). A connection's extra may set ``table_prefix``.
     :param require_evaluation: skip the publish when the evaluation task produced nothing in this
         run (default False: publish without gates, with a warning).
     :param extra_metadata: more metadata recorded in the bundle (templated).
@@ -108,11 +109,10 @@ class PublishModelOperator(MLBaseOperator):
     def run(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from airflow_ml_provider.hooks.registry import resolve_registry_url
         from airflow_ml_provider.ml import storage
         from airflow_ml_provider.ml.bundle import SPEC_HASH_KEY, build_bundle
         from airflow_ml_provider.ml.records import check_same_spec, make_record
-        from airflow_ml_provider.ml.registry import ModelRegistry, publish_model
+        from airflow_ml_provider.ml.registry import publish_model
         from airflow_ml_provider.ml.trainers import read_metadata
 
         name = f"PublishModelOperator({self.task_id})"
@@ -151,7 +151,7 @@ class PublishModelOperator(MLBaseOperator):
         dag_id = context["dag"].dag_id if context.get("dag") is not None else self.dag_id
         run_id = context.get("run_id") or context["dag_run"].run_id
         storage_root = self.resolved_storage_root()
-        registry = ModelRegistry(resolve_registry_url(self.registry or default_registry()))
+        registry = self.open_registry()  # ml/settings.py: self.registry, else the setting; keeps table_prefix
         existing = registry.find_run(self.model_name, dag_id, run_id)
         if existing is not None:
             self.log.info("This run already published %s version %s (a retry): nothing new is written.",
