@@ -1,7 +1,7 @@
 """Safe loading of an Azkaban project from a directory, a ``.zip`` or a tar archive.
 
 Extraction never writes outside its private destination directory. The archive is read once,
-as a stream, and every entry is checked when it is reached, before its data is read:
+in order, and every entry is checked when it is reached, before its data is read:
 
 * an entry whose path is absolute (``/x``, ``\\x``, ``C:x``) or contains ``..`` is rejected;
 * symbolic links, hard links and device files are rejected (zip entries flagged as symlinks too);
@@ -302,11 +302,11 @@ def open_project_archive(
 
     When every entry sits in one top-level folder, that folder is the project root.
 
-    The archive is read once, as a stream: a tar (also compressed) entry by entry with
-    :mod:`tarfile`'s streaming mode, so a header declaring too many bytes is refused before any of
-    its data is decompressed; a zip's central directory (names, types, count, declared sizes) is
-    checked in full before anything is written. The bytes actually decompressed are counted as
-    they are copied, so an archive whose headers lie stops at the limit too.
+    The archive is read once, in order: a tar (also compressed) entry by entry, so a header
+    declaring too many bytes is refused before any of its data is decompressed; a zip's central
+    directory (names, types, count, declared sizes) is checked in full before anything is written.
+    The bytes actually decompressed are counted as they are copied, so an archive whose headers
+    lie stops at the limit too.
 
     :raises ArchiveError: unsafe entry (absolute path, ``..``, link, device), duplicate entry,
         size / entry-count limit exceeded, or an unreadable archive; names the archive and the
@@ -332,7 +332,9 @@ def open_project_archive(
                 for e in admitted:
                     run.write(e, None if e.is_dir else zf.open(e.ref))
         else:
-            with tarfile.open(archive, mode="r|*") as tf:
+            # random-access mode, iterated lazily: each header is read when reached (the stream mode
+            # "r|*" would be as lazy, but its buffer handling is quadratic for bz2's large blocks)
+            with tarfile.open(archive, mode="r:*") as tf:
                 for member in tf:
                     e = _tar_entry(member, label)
                     if run.admit(e):
