@@ -50,7 +50,7 @@ if mode == "fail":
 
 JOBS = {
     "shared.properties": "p1=shared1\np2=shared2\np3=shared3\np4=shared4\ntool=tool.py\n",
-    "subdir/more.properties": "p5=sub5\n",
+    "subdir/more.properties": "p5=sub5\ntool=../tool.py\n",  # jobs in subdir/ run in subdir/, as in Azkaban
     "jobA.job": "type=command\ncommand=python ${tool} out ${outdir} props=foo n=7 p3=out3 p4=out4\n",
     "jobB.job": "type=command\ndependencies=jobA\ncondition=${jobA:props} == 'foo'\n"
     "command=python ${tool} record ${outdir} jobB\n",

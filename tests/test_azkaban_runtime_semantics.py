@@ -309,6 +309,44 @@ def test_execution_timeout_stops_the_whole_process_group(tmp_path, run_dag):
         _kill_marked(mark)
 
 
+@pytest.mark.airflow
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_airflow_task_process_killed_leaves_no_orphans(tmp_path, airflow_home, sig):
+    """The real Airflow task process (``airflow dags test``) gets SIGTERM or SIGKILL mid-command."""
+    from tests.fixtures.airflow import airflow_base_env
+
+    mark = f"300.{uuid.uuid4().int % 10**9:09d}"
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    text = SLEEPER_DAG.format(mark=mark, proj=str(tmp_path)).replace("seconds=3", "seconds=600")
+    (dags / "sleeper.py").write_text(text)
+    env = airflow_base_env(airflow_home)
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "airflow"), "dags", "test", "az_sleeper"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert _wait_until(lambda: len(_marked(mark)) >= 2, timeout=180), "the sleepers never started"
+        leader = psutil.Process(os.getpgid(_marked(mark)[0].pid))  # the command: sh (or sleep it exec'd)
+        task_process = leader.parent()  # the process that runs the Airflow task
+        assert task_process.pid in {
+            proc.pid,
+            *(c.pid for c in psutil.Process(proc.pid).children(recursive=True)),
+        }
+        task_process.send_signal(sig)
+        assert _wait_until(lambda: not _marked(mark), timeout=60), [p.info for p in _marked(mark)]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the airflow process group this test started
+        proc.wait()
+        _kill_marked(mark)
+
+
 RUNNER = """
 import os, signal, sys
 from airflow_ml_provider.azkaban.runtime import AzkabanJobOperator

@@ -555,7 +555,8 @@ class AzkabanJobOperator(BaseOperator):
                     self.job_name,
                     left,
                 )
-            reader.join(timeout=5)
+            # every writer of the pipe is gone now (unless one left the session): read it to the end
+            reader.join(timeout=30)
             return rc
         finally:
             # an exception (execution_timeout, SIGTERM) while the command runs: stop the group
