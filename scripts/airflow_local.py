@@ -125,6 +125,9 @@ class LocalStack:
         self.models = tuple(models)
         self.paused_at_creation = paused_at_creation
         self.stack_id = uuid.uuid4().hex
+        self.log_ports = (free_port(), free_port())
+        #: every process runs in this directory: it tags them as ours (see tagged_pids)
+        self.run_dir = self.home / "run" / self.stack_id[:12]
         self.procs: dict[str, subprocess.Popen] = {}
         self._token: str | None = None
 
@@ -171,7 +174,14 @@ class LocalStack:
                 "secret_key": secrets.token_hex(16),
             },
             "api_auth": {"jwt_secret": secrets.token_urlsafe(32)},
-            "logging": {"base_log_folder": str(self.airflow_home / "logs"), "logging_level": "INFO"},
+            "logging": {
+                "base_log_folder": str(self.airflow_home / "logs"),
+                "logging_level": "INFO",
+                # the log servers of the scheduler/worker and the triggerer: free ports, so that
+                # several stacks (and other Airflows) can run on one machine
+                "worker_log_server_port": str(self.log_ports[0]),
+                "trigger_log_server_port": str(self.log_ports[1]),
+            },
             "scheduler": {"enable_health_check": "True"},
             "dag_processor": {"refresh_interval": "30"},
             # Variables from the dictionary table: the API server reads [secrets], task processes [workers].
@@ -240,7 +250,7 @@ class LocalStack:
         """Run a command (``airflow ...``, ``airflow-ml ...``) in the stack's environment."""
         exe = str(VENV_BIN / cmd[0]) if (VENV_BIN / cmd[0]).exists() else cmd[0]
         proc = subprocess.run([exe, *cmd[1:]], env=self.env(), capture_output=True, text=True,
-                              timeout=timeout, cwd=self.home)
+                              timeout=timeout, cwd=self._cwd())
         if check and proc.returncode != 0:
             raise StackError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n"
                              f"{(proc.stdout + proc.stderr)[-3000:]}")
@@ -258,7 +268,7 @@ class LocalStack:
         log = open(self.logs / f"{name}.log", "ab")
         try:
             proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=self.home, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, cwd=self._cwd(), start_new_session=True)
         finally:
             log.close()
         self.procs[name] = proc
@@ -269,7 +279,7 @@ class LocalStack:
         airflow = str(VENV_BIN / "airflow")
         if component == "celery-worker":
             return [airflow, "celery", "worker", "--concurrency", str(self.parallelism),
-                    "--hostname", f"airflow-ml-{self.stack_id[:8]}@%h"]
+                    "--celery-hostname", f"airflow-ml-{self.stack_id[:8]}@%h", "--without-gossip", "--without-mingle"]
         return [airflow, component]
 
     def start_components(self) -> None:
@@ -283,10 +293,15 @@ class LocalStack:
                "--port", str(self.serve_port), "--poll-seconds", "2"]
         self._popen("model-service", cmd)
 
+    def _cwd(self) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return self.run_dir
+
     def _save_state(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         state = {
             "stack_id": self.stack_id,
+            "run_dir": str(self.run_dir),
             "api_url": self.api_url,
             "serve_url": self.serve_url,
             "airflow_home": str(self.airflow_home),
@@ -392,10 +407,14 @@ class LocalStack:
         return {ti["task_id"]: ti for ti in r.json()["task_instances"]}
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """The task's log as text: one line per log event (the API returns structured events)."""
         r = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-                     params={"full_content": "true"}, headers={"Accept": "text/plain"})
+                     params={"full_content": "true"})
         r.raise_for_status()
-        return r.text
+        content = r.json().get("content") or []
+        if isinstance(content, str):
+            return content
+        return "\n".join(item.get("event", "") if isinstance(item, dict) else str(item) for item in content)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, *, events: int | None = 60_000, unpause: bool = True, dictionary: Mapping[str, str] | None = None,
@@ -436,7 +455,7 @@ class LocalStack:
     def stop(self, grace: float = 10.0) -> list[int]:
         """Stop everything this stack started; returns the PIDs that had to be SIGKILLed."""
         pids = {p.pid for p in self.procs.values()}
-        stopped = stop_processes(self.stack_id, pids, grace=grace)
+        stopped = stop_processes(self.stack_id, self.run_dir, pids, grace=grace)
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=1)
@@ -471,39 +490,87 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def tagged_pids(stack_id: str) -> set[int]:
-    """PIDs of the processes whose environment carries ``AIRFLOW_ML_STACK_ID=<stack_id>``."""
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _all_pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def tagged_pids(stack_id: str, run_dir: str | os.PathLike | None = None) -> set[int]:
+    """PIDs of the processes of a stack: those whose working directory is the stack's run directory
+    (every component starts there and Airflow does not change it; it survives ``setproctitle``, which
+    overwrites ``/proc/<pid>/environ``), or whose environment still shows ``AIRFLOW_ML_STACK_ID``."""
     marker = f"{STACK_ID_ENV}={stack_id}".encode()
+    run_dir = os.fspath(run_dir) if run_dir else None
     found = set()
     me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
+    for pid in _all_pids():
+        if pid == me:
             continue
+        if run_dir:
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")
+                if cwd == run_dir or cwd.startswith(run_dir + "/"):
+                    found.add(pid)
+                    continue
+            except OSError:
+                pass
         try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
                 if marker in fh.read().split(b"\0"):
-                    found.add(int(entry))
+                    found.add(pid)
         except OSError:  # gone, or not ours to read
             continue
     return found
 
 
+def descendants(pids: Iterable[int]) -> set[int]:
+    """Every live descendant of ``pids`` (from the parent links in /proc)."""
+    children: dict[int, list[int]] = {}
+    for pid in _all_pids():
+        st = _proc_stat(pid)
+        if st:
+            children.setdefault(st[1], []).append(pid)
+    out: set[int] = set()
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, only unreaped
-    except (OSError, IndexError):
-        return False
+    st = _proc_stat(pid)
+    return st is not None and st[0] != "Z"  # a zombie is dead, only unreaped
 
 
-def stop_processes(stack_id: str, leaders: Iterable[int], grace: float = 10.0) -> list[int]:
-    """SIGTERM the process groups of ``leaders`` and every tagged process; SIGKILL what is left after
-    ``grace`` seconds (LocalExecutor workers and task processes ignore SIGTERM while busy). Only
-    processes carrying the stack's tag are signalled. Returns the PIDs that needed SIGKILL."""
-    leaders = set(leaders)
-    targets = tagged_pids(stack_id)
-    groups = {pid for pid in leaders if pid in targets}
-    for pgid in groups:
+def stop_processes(stack_id: str, run_dir: str | os.PathLike | None, leaders: Iterable[int],
+                   grace: float = 10.0) -> list[int]:
+    """Stop the processes of a stack, by PID: the recorded ``leaders``, everything descending from
+    them and every process tagged as the stack's (:func:`tagged_pids`). SIGTERM to each (and to the
+    leaders' process groups); SIGKILL to what is left after ``grace`` seconds (LocalExecutor workers
+    ignore SIGTERM; the api-server's worker runs in a session of its own). Returns the PIDs that
+    needed SIGKILL."""
+    leaders = {pid for pid in leaders if _alive(pid)}
+    tagged = tagged_pids(stack_id, run_dir)
+    ours = leaders & tagged
+    targets = ours | descendants(ours) | tagged
+
+    def scan() -> set[int]:
+        found = tagged_pids(stack_id, run_dir)
+        return {pid for pid in targets | found | descendants(targets | found) if _alive(pid)}
+
+    for pgid in ours:
         try:
             os.killpg(pgid, signal.SIGTERM)
         except OSError:
@@ -515,23 +582,18 @@ def stop_processes(stack_id: str, leaders: Iterable[int], grace: float = 10.0) -
             pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        targets = {pid for pid in targets | tagged_pids(stack_id) if _alive(pid)}
+        targets = scan()
         if not targets:
             return []
         time.sleep(0.2)
-    killed = sorted({pid for pid in targets | tagged_pids(stack_id) if _alive(pid)})
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except OSError:
-            pass
+    killed = sorted(scan())
     for pid in killed:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in tagged_pids(stack_id)):
+    while time.monotonic() < deadline and scan():
         time.sleep(0.2)
     return killed
 
@@ -547,7 +609,7 @@ def _load_state(home: Path) -> dict | None:
 def cmd_start(args: argparse.Namespace) -> int:
     home = Path(args.home).resolve()
     state = _load_state(home)
-    if state and tagged_pids(state["stack_id"]):
+    if state and tagged_pids(state["stack_id"], state.get("run_dir")):
         print(f"already running (stack {state['stack_id'][:8]}): {state['api_url']}; "
               "`make airflow-stop` stops it")
         return 0
@@ -583,9 +645,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
         print(f"nothing to stop under {home}")
         return 0
     leaders = set(state.get("processes", {}).values())
-    killed = stop_processes(state["stack_id"], leaders, grace=args.grace)
+    killed = stop_processes(state["stack_id"], state.get("run_dir"), leaders, grace=args.grace)
     (home / "stack.json").unlink(missing_ok=True)
-    left = tagged_pids(state["stack_id"])
+    left = tagged_pids(state["stack_id"], state.get("run_dir"))
     print(f"stopped the local Airflow (stack {state['stack_id'][:8]})"
           + (f"; SIGKILLed {len(killed)} process(es) that ignored SIGTERM" if killed else ""))
     if left:
@@ -600,7 +662,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not state:
         print(f"not running (no {home / 'stack.json'})")
         return 1
-    tagged = tagged_pids(state["stack_id"])
+    tagged = tagged_pids(state["stack_id"], state.get("run_dir"))
     for name, pid in state.get("processes", {}).items():
         print(f"  {name:<14} pid {pid:<8} {'running' if pid in tagged and _alive(pid) else 'NOT running'}")
     others = tagged - set(state.get("processes", {}).values())

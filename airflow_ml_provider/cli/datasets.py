@@ -8,7 +8,7 @@ Examples::
 
 ``--out`` is a directory (the file ``audio.db`` is written in it), an ``.db``/``.sqlite`` file path,
 or a SQLAlchemy URL. Without it the data goes where ``dags/xgboost_recommendation.py`` looks on
-the embedded default set-up: ``$AIRFLOW_ML_HOME/audio.db``. An SQLite file is generated under a
+the embedded default set-up: ``audio.db`` in the ML home (``$AIRFLOW_ML_HOME``, default ``~/airflow-ml``). An SQLite file is generated under a
 temporary name and renamed into place, so a failed run leaves the previous file untouched.
 Existing tables of the same names are replaced (a re-run with the same seed gives the same data).
 """
@@ -78,15 +78,13 @@ def _count(name: str, minimum: int = 1):
 
 
 def default_ml_home() -> str:
-    """The ML home of the embedded default set-up (the settings module owns the rule)."""
+    """The ML home (``[ml] home``, ``$AIRFLOW_ML_HOME``, ``~/airflow-ml``: the settings module decides)."""
+    from airflow_ml_provider.ml.settings import SettingsError, resolve
+
     try:
-        from airflow_ml_provider.ml import settings
-    except ImportError:  # pragma: no cover - the settings module is part of the package
-        settings = None
-    resolver = getattr(settings, "ml_home", None) if settings else None
-    if callable(resolver):
-        return os.fspath(resolver())
-    return os.environ.get("AIRFLOW_ML_HOME") or os.path.join(os.path.expanduser("~"), "airflow-ml")
+        return resolve().home
+    except SettingsError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def resolve_target(out: str | None) -> tuple[str, str]:
