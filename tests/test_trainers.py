@@ -162,6 +162,27 @@ def test_xgboost_without_early_stopping_saves_every_round(tmp_path):
     assert xgb.Booster(model_file=str(tmp_path / "model.ubj")).num_boosted_rounds() == 7
 
 
+def test_xgboost_direct_predict_matches_inplace_predict_bit_for_bit(xgb_run):
+    """The predictor's direct C call (issue 13, point 8) answers what Booster.inplace_predict does."""
+    _, valid, out, _, _ = xgb_run
+    loaded = load_predictor("xgboost", out)
+    assert loaded._fast is not None  # in use with this xgboost
+    X = np.ascontiguousarray(valid.X)
+    for part in (X[:1], X[:7], X, X[::2]):  # X[::2] is not C-contiguous: copied first
+        assert np.array_equal(loaded.predict(part), loaded._library_predict(np.ascontiguousarray(part)))
+
+
+def test_xgboost_direct_predict_falls_back_when_it_disagrees(xgb_run, monkeypatch):
+    from airflow_ml_provider.ml.trainers import xgboost as xgb_trainer
+
+    _, valid, out, _, _ = xgb_run
+    monkeypatch.setattr(xgb_trainer._DensePredict, "__call__", lambda self, X: np.zeros(len(X), np.float32))
+    loaded = load_predictor("xgboost", out)
+    assert loaded._fast is None
+    assert np.array_equal(loaded.predict(valid.X), loaded._library_predict(valid.X))
+    assert loaded.predict(valid.X).any()
+
+
 def test_xgboost_loaded_predictions_are_bit_identical(xgb_run):
     _, valid, out, _, result = xgb_run
     loaded = load_predictor("xgboost", out)

@@ -329,6 +329,60 @@ def _served_trees(booster, best: int, log: LogFn):
     return sliced, True
 
 
+class _DensePredict:
+    """``Booster.inplace_predict`` on a C-contiguous float32 matrix, without its Python layer.
+
+    Hand-written because it is measured faster (issue 13; 100 trees of depth 6, 42 features, one
+    thread): ``inplace_predict`` spends ~110 us of its ~200 us per single-row call in Python --
+    re-encoding the same JSON config, checking a dozen input types, a class built per call -- before
+    the C call, which is the same ``XGBoosterPredictFromDense`` this calls with the config encoded
+    once. The scores are the library's own; :meth:`XGBoostPredictor._fast_or_none` compares them
+    bit for bit with ``inplace_predict`` when the predictor is made and falls back to it on any
+    difference or error (a future xgboost that changes this C API then only loses the speed-up).
+    """
+
+    def __init__(self, booster, iteration_end: int, missing: float) -> None:
+        import ctypes
+        import json
+        import threading
+
+        from xgboost.core import _LIB, c_bst_ulong
+
+        self._ctypes = ctypes
+        self._call = _LIB.XGBoosterPredictFromDense
+        self._booster = booster  # keeps the handle alive
+        self._handle = booster.handle
+        # what inplace_predict sends (json.dumps writes NaN as NaN, which xgboost reads)
+        self._config = json.dumps({"type": 0, "training": False, "iteration_begin": 0,
+                                   "iteration_end": int(iteration_end), "missing": float(missing),
+                                   "strict_shape": False, "cache_id": 0}).encode()
+        self._ulong = c_bst_ulong
+        self._local = threading.local()  # output pointers per thread (the C side's buffers are too)
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        ctypes = self._ctypes
+        local = self._local
+        out = getattr(local, "out", None)
+        if out is None:
+            shape, dims, preds = ctypes.POINTER(self._ulong)(), self._ulong(), ctypes.POINTER(ctypes.c_float)()
+            out = local.out = (shape, dims, preds, ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(preds))
+        shape, dims, preds, shape_ref, dims_ref, preds_ref = out
+        n, m = X.shape
+        interface = (f'{{"data":[{X.ctypes.data},true],"shape":[{n},{m}],"strides":null,'
+                     f'"typestr":"<f4","version":3}}').encode()
+        if self._call(self._handle, interface, self._config, None, shape_ref, dims_ref, preds_ref) != 0:
+            from xgboost.core import XGBoostError, _LIB
+
+            raise XGBoostError(_LIB.XGBGetLastError().decode())
+        dims_n = dims.value
+        out_shape = tuple(int(shape[i]) for i in range(dims_n))
+        size = 1
+        for d in out_shape:
+            size *= d
+        # copy out of xgboost's per-thread buffer (the next call in this thread reuses it)
+        return np.ctypeslib.as_array(preds, shape=(size,)).copy().reshape(out_shape)
+
+
 class XGBoostPredictor:
     """A loaded booster; ``predict`` = ``inplace_predict`` over ``iteration_range=(0, best+1)``."""
 
@@ -341,17 +395,40 @@ class XGBoostPredictor:
         self.best_iteration = int(best_iteration)
         self.missing = missing
         self.n_features = len(self.feature_names)
+        self._fast = self._fast_or_none()
+
+    def _fast_or_none(self) -> _DensePredict | None:
+        """The direct C call, if it answers exactly what ``inplace_predict`` does on sample rows."""
+        if not self.n_features:
+            return None
+        try:
+            fast = _DensePredict(self.booster, self.best_iteration + 1, self.missing)
+            rng = np.random.default_rng(0)
+            for rows in (1, 3, 70):
+                X = rng.normal(0.0, 3.0, size=(rows, self.n_features)).astype(np.float32)
+                X[rng.random(X.shape) < 0.2] = np.nan
+                if not np.array_equal(fast(X), self._library_predict(X), equal_nan=True):
+                    return None
+            return fast
+        except Exception:  # noqa: BLE001 - any doubt: the library's own path
+            return None
+
+    def _library_predict(self, X: np.ndarray) -> np.ndarray:
+        return self.booster.inplace_predict(
+            X, iteration_range=(0, self.best_iteration + 1), missing=self.missing, validate_features=False
+        )
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim == 1:
             X = X.reshape(1, -1)
-        X = np.ascontiguousarray(X)
+        if not X.flags.c_contiguous:
+            X = np.ascontiguousarray(X)
         if X.shape[1] != self.n_features:
             raise TrainerError(f"model expects {self.n_features} features, got {X.shape[1]}")
-        return self.booster.inplace_predict(
-            X, iteration_range=(0, self.best_iteration + 1), missing=self.missing, validate_features=False
-        )
+        if self._fast is not None and X.shape[0]:
+            return self._fast(X)
+        return self._library_predict(X)
 
     def feature_importance(self, importance_type: str = "gain") -> dict[str, float]:
         """Per-feature ``gain`` (default), ``weight``, ``cover``, ``total_gain`` or ``total_cover``.
