@@ -294,3 +294,27 @@ def test_models_rollback_version_must_be_ascii_digits(tmp_path, value):
         assert all(e.action != "rollback" for e in reg.events("churn"))
     finally:
         reg.dispose()
+
+
+# ---------------------------------------------------------------------------------------------
+# azkaban migrate --schedules (JSON)
+
+
+@pytest.mark.parametrize(
+    ("document", "needles"),
+    [
+        ("[" * 100_000 + "]" * 100_000, ["line 1", "nested deeper than"]),
+        ('{"schedules": [\n {"cronExpression": %s}]}' % BIG_INT, ["line 2", "5000 digits", "$.schedules[0].cronExpression"]),
+    ],
+    ids=["deep", "big-number"],
+)
+def test_azkaban_schedules_json_errors_name_file_and_line(tmp_path, document, needles):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "a.job").write_text("type=noop\n")
+    schedules = tmp_path / "schedules.json"
+    schedules.write_text(document)
+    out = tmp_path / "dags"
+    rc, stdout, err = airflow_ml("azkaban", "migrate", str(project), "--out", str(out), "--schedules", str(schedules))
+    assert_one_line_error(rc, err, "schedules.json", *needles)
+    assert not out.exists()

@@ -18,10 +18,11 @@ Pure: no Airflow import.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from airflow_ml_provider.ml import safejson
 
 __all__ = ["SchedulesError", "load_schedules", "parse_schedules"]
 
@@ -108,8 +109,8 @@ def load_schedules(path: str | Path, *, project: str | None = None) -> dict[str,
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise SchedulesError(f"{p}: cannot read the schedules file: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SchedulesError(f"{p}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}") from None
+    try:  # safejson: deep nesting and oversized numbers are named too (line, key), never a bare error
+        data = safejson.loads(text, source=str(p), allow_duplicate_keys=True)
+    except safejson.JSONInputError as exc:
+        raise SchedulesError(str(exc)) from None
     return parse_schedules(data, source=str(p), project=project)
