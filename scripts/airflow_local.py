@@ -73,11 +73,6 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def default_dictionary_url(ml_home: Path) -> str:
-    """The dictionary database of the embedded default set-up (SQLite under the ML home)."""
-    return f"sqlite:///{ml_home / 'dictionary.db'}"
-
-
 class LocalStack:
     """One live Airflow deployment on this machine, started and stopped by PID.
 
@@ -89,7 +84,8 @@ class LocalStack:
     :param sql_alchemy_conn: Airflow's metadata DB; default SQLite ``airflow/airflow.db``
     :param config: extra ``airflow.cfg`` options, ``{"section": {"key": "value"}}`` (e.g. ``[ml]``,
         ``[celery]``); applied last
-    :param dictionary_url: the dictionary database of the Variables backend; default SQLite under the ML home
+    :param dictionary_url: the dictionary database of the Variables backend; default: none given, i.e. the
+        embedded default of ml/settings.py (SQLite ``dictionary.db`` in the ML home)
     :param dags_folder: default the repository's ``dags/``
     :param paused_at_creation: ``[core] dags_are_paused_at_creation``
     """
@@ -120,7 +116,7 @@ class LocalStack:
         self.parallelism = parallelism
         self.sql_alchemy_conn = sql_alchemy_conn or f"sqlite:///{self.airflow_home / 'airflow.db'}"
         self.extra_config = {s: dict(v) for s, v in (config or {}).items()}
-        self.dictionary_url = dictionary_url or default_dictionary_url(self.ml_home)
+        self.dictionary_url = dictionary_url
         self.dags_folder = Path(dags_folder or REPO / "dags").resolve()
         self.models = tuple(models)
         self.paused_at_creation = paused_at_creation
@@ -151,7 +147,8 @@ class LocalStack:
         return DEFAULT_COMPONENTS
 
     def airflow_config(self) -> dict[str, dict[str, str]]:
-        backend_kwargs = json.dumps({"sql_alchemy_conn": self.dictionary_url, "cache_ttl_seconds": 30})
+        # no dictionary_url: the embedded default (ml/settings.py: sqlite dictionary.db in the ML home)
+        backend_kwargs = json.dumps({"sql_alchemy_conn": self.dictionary_url} if self.dictionary_url else {})
         cfg: dict[str, dict[str, str]] = {
             "core": {
                 "dags_folder": str(self.dags_folder),

@@ -13,7 +13,6 @@ with nothing but AIRFLOW_HOME, AIRFLOW_ML_HOME and its airflow.cfg -- the embedd
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -90,14 +89,18 @@ def test_plugin_lists_the_published_version_and_the_service_serves_it(stack, fir
     # the model service of the stack (same AIRFLOW_HOME / AIRFLOW_ML_HOME, no --registry) picks it up
     url = f"{stack.serve_url}/v1/models/{MODEL}"
     deadline = time.monotonic() + 120
-    status = None
+    entry: dict = {}
     while time.monotonic() < deadline:
         status = requests.get(url, timeout=5)
-        if status.status_code == 200 and str(version) in json.dumps(status.json()):
+        assert status.status_code == 200, status.text
+        entry = next((e for e in status.json()["model_version_status"] if e["version"] == str(version)), {})
+        if entry.get("state") == "END":
+            break  # the service failed to load it: the message is in the entry
+        if entry.get("state") == "AVAILABLE" and entry.get("current"):
             break
         time.sleep(1)
-    assert status is not None and status.status_code == 200, (status.text if status is not None else None,
-                                                             (stack.logs / "model-service.log").read_text()[-3000:])
+    assert entry.get("state") == "AVAILABLE" and entry.get("current"), (
+        entry, (stack.logs / "model-service.log").read_text()[-3000:])
     rows = sample_instances(stack.ml_home / "audio.db")
     pred = requests.post(f"{url}:predict", json={"instances": rows}, timeout=30)
     assert pred.status_code == 200, pred.text
