@@ -339,7 +339,7 @@ class ServingApp:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _parse_instances(self, body: bytes) -> list[dict[str, Any]]:
-        if not body.strip():
+        if not body or body.isspace():  # (isspace stops at the first other byte; strip() would copy)
             raise BadRequest('empty request body; send {"instances": [{"feature": value, ...}, ...]}')
         if len(body) > PRECOUNT_BYTES:
             count = _count_instances(body)
