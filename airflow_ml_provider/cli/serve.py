@@ -159,7 +159,12 @@ def run(args: argparse.Namespace) -> int:
     check_bindable(args.host, args.port)
     _check_registry(config["registry"], config["models"], config["table_prefix"])
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    # Reading Airflow's [ml] config (ml/settings.py) imports Airflow, which configures logging for its own
+    # API server: root handlers, and uvicorn.error without propagation. Undo that for this service.
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, force=True)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
     logging.getLogger("airflow_ml_provider.serve").info(
         "Model registry: %s (%s)%s", mask_url(config["registry"]), config["registry_source"],
         f", table prefix {config['table_prefix']!r}" if config["table_prefix"] else "")
