@@ -61,7 +61,8 @@ def test_migrate_writes_dags_resources_report_and_summary(tmp_path, capsys):
     assert "basic_resources/" in (out / ".airflowignore").read_text()
     assert not list(out.glob(".azkaban-migrate-*"))  # staging folder removed
     text = (out / "c.py").read_text()
-    assert '"retry.backoff": "1500"' in text and "a >> b" in text and "b >> c" in text
+    # each dependency is written where the child job is created: b = a >> job("b", ...)
+    assert '"retry.backoff": "1500"' in text and "b = a >> job(" in text and 'b >> job("c", "noop")' in text
     data = json.loads(report.read_text())
     assert data["exit_code"] == 0 and data["summary"]["tasks"] == 3
     assert data["flows"][0]["dag_id"] == "c" and data["flows"][0]["file"] == "c.py"

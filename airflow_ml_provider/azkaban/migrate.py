@@ -1,11 +1,16 @@
 """The migration pipeline behind ``airflow-ml azkaban migrate``.
 
 load (``loader.load_project``) -> validate (the reader's problems) -> map (:mod:`.mappers`) ->
-render (:mod:`.render`) -> format and check (ruff) -> write.
+render (:mod:`.render`) -> format and check (ruff) -> import check (Airflow's DagBag) -> write.
 
 Guarantees:
 
 * a flow with an error gets no DAG file; the others are still written (exit code 1);
+* every DAG file is imported by Airflow's ``DagBag`` (in a subprocess, before it is moved into
+  place): a file that does not import is a failed flow, reported with the import error;
+* ``out`` holds a manifest (:data:`MANIFEST`) naming the project and source of every DAG file
+  written there; a DAG file of another project is never replaced silently: the flow fails
+  naming both sources, unless ``overwrite`` is set (a ``--dag-id-prefix`` keeps them apart);
 * every path written is inside ``out`` (DAG files are named after the sanitized dag_id; the
   resources go to one folder listed in ``.airflowignore``);
 * files are written to a staging folder inside ``out`` and moved into place one by one, so a
@@ -33,7 +38,10 @@ from airflow_ml_provider.azkaban.mappers import ERROR, WARNING, DagPlan, Migrate
 from airflow_ml_provider.azkaban.model import Problem, Project
 from airflow_ml_provider.azkaban.render import format_files, render_dag
 
-__all__ = ["FlowResult", "MigrationError", "MigrationReport", "load_source", "migrate"]
+__all__ = ["MANIFEST", "FlowResult", "MigrationError", "MigrationReport", "load_source", "migrate"]
+
+#: the file in ``--out`` recording, for each DAG file, the project and source it was made from
+MANIFEST = ".azkaban-migrate.json"
 
 
 class MigrationError(Exception):
@@ -101,6 +109,7 @@ class MigrationReport:
     strict: bool = False
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    timezone: str = "UTC"
 
     @property
     def all_problems(self) -> list[Problem]:
@@ -133,6 +142,7 @@ class MigrationReport:
             "strict": self.strict,
             "exit_code": self.exit_code,
             "seconds": round(self.seconds, 3),
+            "timezone": self.timezone,
             "summary": {
                 "flows": len(self.flows),
                 "converted": sum(f.status in ("converted", "dry-run") for f in self.flows),
@@ -214,6 +224,9 @@ def migrate(
     project: Project | None = None,
     run_ruff: bool = True,
     max_archive_bytes: int | None = None,
+    timezone: str | None = None,
+    overwrite: bool = False,
+    check_import: bool = True,
 ) -> MigrationReport:
     """Convert every flow of an Azkaban project into one DAG file each under ``out``.
 
@@ -227,7 +240,13 @@ def migrate(
     :param project: an already loaded project (then ``source`` is only used in the report).
     :param run_ruff: run ``ruff format`` / ``ruff check`` on the generated files.
     :param max_archive_bytes: the most an archive source may expand to.
-    :raises MigrationError: the project cannot be read at all.
+    :param timezone: the Azkaban server's time zone (its ``default.timezone.id``), an IANA name:
+        the zone of schedules that name none and of the ``azkaban.flow.start.*`` built-ins.
+        None: UTC, with a warning when the project has schedules or uses those built-ins.
+    :param overwrite: replace DAG files in ``out`` that another project's migration wrote.
+    :param check_import: import every DAG file with Airflow's DagBag before writing it (skipped
+        with a note when Airflow is not installed).
+    :raises MigrationError: the project cannot be read at all, or ``timezone`` is unknown.
     """
     started = time.perf_counter()
     out_dir = Path(out)
@@ -238,7 +257,10 @@ def migrate(
             f"--dag-id-prefix {dag_id_prefix!r}: only letters, digits, '_', '-' and '.' are allowed",
             exit_code=2,
         )
-    report = MigrationReport(source=str(source), out=str(out_dir), dry_run=dry_run, strict=strict)
+    tz = _check_timezone(timezone)
+    report = MigrationReport(
+        source=str(source), out=str(out_dir), dry_run=dry_run, strict=strict, timezone=tz
+    )
     own = project is None
     if project is None:
         project = load_source(source, max_archive_bytes=max_archive_bytes)
@@ -272,7 +294,9 @@ def migrate(
         plans: list[tuple[DagPlan, FlowResult]] = []
         total = len(project.flows)
         for i, name in enumerate(project.flows, 1):
-            plan = plan_flow(project, name, dag_id_prefix=dag_id_prefix, schedule=schedules.get(name))
+            plan = plan_flow(
+                project, name, dag_id_prefix=dag_id_prefix, schedule=schedules.get(name), timezone=tz
+            )
             reader = [p for p in project.flow_problems(name) if not (p.flow is None and p.node is None)]
             problems = reader + plan.problems
             if strict:
@@ -300,6 +324,24 @@ def migrate(
             if progress:
                 progress(i, total, name)
 
+        if timezone is None:
+            timed = [p.flow_name for p, _ in plans if p.schedule is not None or p.uses_start_time]
+            if timed:
+                shown = ", ".join(timed[:5]) + (f" and {len(timed) - 5} more" if len(timed) > 5 else "")
+                report.project_problems.append(
+                    Problem(
+                        MigrateKind.TIMEZONE,
+                        "",
+                        f"no --timezone given: schedules and ${{azkaban.flow.start.*}} of {shown} use UTC; "
+                        "pass the Azkaban server's default.timezone.id (e.g. --timezone Asia/Shanghai)",
+                        severity=ERROR if strict else WARNING,
+                    )
+                )
+                if strict:  # the error concerns these flows: they get no DAG file
+                    for plan, result in plans:
+                        if plan.flow_name in timed:
+                            result.status = "failed"
+
         if not project.flows and not report.project_problems:
             report.project_problems.append(
                 Problem(
@@ -315,6 +357,8 @@ def migrate(
 
         # ---- write: render into a staging folder inside out, check, then move into place
         out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = _read_manifest(out_dir)
+        identity = {"project": project.name, "source": str(Path(source).resolve()) if own else str(source)}
         staging = Path(tempfile.mkdtemp(prefix=".azkaban-migrate-", dir=out_dir))
         try:
             staged: list[tuple[Path, FlowResult]] = []
@@ -331,6 +375,21 @@ def migrate(
                             plan.source_file,
                             f"two flows map to the DAG file {fname}",
                             plan.flow_name,
+                        )
+                    )
+                    continue
+                clash = _collision(out_dir, fname, manifest, identity)
+                if clash and not overwrite:
+                    result.status = "failed"
+                    result.problems.append(
+                        Problem(
+                            MigrateKind.COLLISION,
+                            plan.source_file,
+                            f"{out_dir / fname} {clash}; this migration (project {project.name!r} from "
+                            f"{identity['source']}) would replace it: use --dag-id-prefix to keep both, "
+                            "or --overwrite to replace it",
+                            plan.flow_name,
+                            severity=ERROR,
                         )
                     )
                     continue
@@ -355,9 +414,12 @@ def migrate(
                                     result.flow,
                                 )
                             )
+            if check_import:
+                _import_check([(p, r) for p, r in staged if r.status == "converted"], report)
             # resources first, so a DAG never points at missing scripts
             if any(r.status == "converted" for _, r in staged):
                 _copy_resources(project, out_dir / resource_dir, out_dir, report)
+                _job_dirs(plans, out_dir / resource_dir, out_dir)
                 _airflowignore(out_dir, resource_dir)
             for path, result in staged:
                 if result.status != "converted":
@@ -368,6 +430,9 @@ def migrate(
                     continue
                 os.replace(path, dest)
                 result.file = path.name
+                manifest[path.name] = {**identity, "flow": result.flow, "dag_id": result.dag_id}
+            if any(r.file for r in report.flows):
+                _write_manifest(out_dir, manifest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return report
@@ -375,6 +440,160 @@ def migrate(
         report.seconds = time.perf_counter() - started
         if own:
             project.close()
+
+
+def _check_timezone(timezone: str | None) -> str:
+    if timezone is None:
+        return "UTC"
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise MigrationError(
+            f"--timezone {timezone!r}: not a known IANA time zone (e.g. Asia/Shanghai, UTC)", exit_code=2
+        ) from None
+    return timezone
+
+
+def _read_manifest(out_dir: Path) -> dict[str, dict[str, str]]:
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MigrationError(f"{path}: unreadable migration manifest ({exc}); remove or fix it") from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        raise MigrationError(f"{path}: unreadable migration manifest (no 'files' object); remove or fix it")
+    return {str(k): dict(v) for k, v in files.items() if isinstance(v, dict)}
+
+
+def _write_manifest(out_dir: Path, manifest: dict[str, dict[str, str]]) -> None:
+    path = out_dir / MANIFEST
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"files": dict(sorted(manifest.items()))}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _collision(
+    out_dir: Path, fname: str, manifest: dict[str, dict[str, str]], identity: dict[str, str]
+) -> str:
+    """Why writing ``fname`` would replace another project's DAG file ("" when it would not)."""
+    if not (out_dir / fname).exists():
+        return ""
+    owner = manifest.get(fname)
+    if owner is None:
+        return "exists and was not written by a migration of this project (it is not in " + MANIFEST + ")"
+    if owner.get("project") == identity["project"]:
+        return ""
+    return f"holds flow {owner.get('flow')!r} of project {owner.get('project')!r} migrated from {owner.get('source')}"
+
+
+_IMPORT_CHECK = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1], collect_dags=False)
+out = {}
+for path in sys.argv[1:]:
+    before = dict(bag.import_errors)
+    found = bag.process_file(path, only_if_updated=False, safe_mode=False)
+    errors = [v for k, v in bag.import_errors.items() if before.get(k) != v]
+    out[path] = {"errors": errors, "dags": sorted(d.dag_id for d in found)}
+print("@@" + json.dumps(out))
+"""
+
+
+def _import_check(staged: list[tuple[Path, FlowResult]], report: MigrationReport) -> None:
+    """Import every staged DAG file with Airflow's DagBag (in subprocesses, one per CPU for large
+    projects, so a broken file or Airflow's import cost never touch this process); a file that
+    fails to import, or defines no DAG of the expected id, is a failed flow."""
+    import subprocess
+    import sys
+    from importlib.util import find_spec
+
+    if not staged:
+        return
+    if find_spec("airflow") is None:
+        report.notes.append("Airflow is not installed here: the DAG files were not import-checked")
+        return
+    env = dict(os.environ)
+    env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    env.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")
+    home = tempfile.mkdtemp(prefix="azkaban-import-check-")
+    if "AIRFLOW_HOME" not in env:  # never create ~/airflow/airflow.cfg as a side effect
+        env["AIRFLOW_HOME"] = home
+    # a few large files dominate: spread them over the workers by size
+    workers = max(1, min(os.cpu_count() or 1, 4, len(staged) // 20))
+    chunks: list[list[Path]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for path, _ in sorted(staged, key=lambda pr: -pr[0].stat().st_size):
+        i = loads.index(min(loads))
+        chunks[i].append(path)
+        loads[i] += path.stat().st_size
+    got: dict[str, Any] = {}
+    failure = ""
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _IMPORT_CHECK, *map(str, chunk)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for chunk in chunks
+        ]
+        for proc in procs:
+            try:
+                stdout, stderr = proc.communicate(timeout=1800)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+                failure = failure or "timed out"
+            line = next((x for x in stdout.splitlines() if x.startswith("@@")), None)
+            if line is None:
+                failure = failure or ((stderr.strip().splitlines() or ["no output"])[-1])
+            else:
+                got.update(json.loads(line[2:]))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    for path, result in staged:
+        entry = got.get(str(path))
+        if entry is None:
+            cause = f"the generated DAG could not be import-checked with Airflow: {failure or 'no result'}"
+        elif entry["errors"]:
+            cause = f"the generated DAG file fails to import in Airflow: {_last_line(entry['errors'][0])}"
+        elif result.dag_id not in entry["dags"]:
+            cause = f"the generated DAG file defines no DAG {result.dag_id!r}"
+        else:
+            continue
+        result.status = "failed"
+        result.problems.append(
+            Problem(
+                MigrateKind.IMPORT, result.flow, f"flow {result.flow!r}: {cause}", result.flow, severity=ERROR
+            )
+        )
+
+
+def _last_line(text: str) -> str:
+    lines = [x.strip() for x in text.strip().splitlines() if x.strip()]
+    return lines[-1] if lines else text.strip()
+
+
+def _job_dirs(plans: list[tuple[DagPlan, FlowResult]], dest_root: Path, out_dir: Path) -> None:
+    """Create each job's directory in the copied project (a job runs in its own file's directory,
+    which may hold nothing but ``.job`` files, which are not copied)."""
+    dirs: set[str] = set()
+    for plan, result in plans:
+        if result.status == "converted":
+            dirs.update(t.job_dir for _, t in plan.tasks() if t.job_dir)
+    for rel in sorted(dirs):
+        dest = dest_root / rel
+        if _within(out_dir, dest):
+            dest.mkdir(parents=True, exist_ok=True)
 
 
 def _copy_resources(project: Project, dest_root: Path, out_dir: Path, report: MigrationReport) -> None:

@@ -3,7 +3,8 @@
 The file imports ``DAG`` / ``TaskGroup`` from ``airflow.sdk`` and :func:`job` /
 :func:`flow_dag_args` from :mod:`airflow_ml_provider.azkaban.runtime`; each Azkaban job is one
 ``job(...)`` call, each embedded flow a ``with TaskGroup(...)`` block, each dependency one ``>>``.
-Inherited ``.properties`` chains shared by several jobs are written once as module constants.
+What several jobs share (type, properties, inherited ``.properties`` chain, directory) is written
+once as a module constant; dependencies are written where each job is created.
 
 The text is produced close to ``ruff format`` style; :func:`format_files` runs ``ruff format``
 and ``ruff check`` on the written files when ruff is available.
@@ -50,15 +51,26 @@ _BUILTINS = frozenset(dir(builtins))
 
 class _Names:
     def __init__(self) -> None:
-        self.used: set[str] = {"dag", "job", "flow_dag_args", "DAG", "TaskGroup", "Path", "PROJECT_DIR"}
+        self.used: set[str] = {
+            "dag",
+            "job",
+            "flow_dag_args",
+            "DAG",
+            "TaskGroup",
+            "Path",
+            "PROJECT_DIR",
+            "CronTriggerTimetable",
+            "partial",
+        }
 
-    def make(self, raw: str, prefix: str = "") -> str:
+    def make(self, raw: str, prefix: str = "", constant: bool = False) -> str:
         base = re.sub(r"\W", "_", raw, flags=re.ASCII) or "task"
         if (
             base[0].isdigit()
             or keyword.iskeyword(base)
             or base in _BUILTINS
-            or base.startswith(("INHERITED_", "__"))
+            or (base.isupper() and not constant)  # upper case is for the module's constants
+            or base.startswith("__")
         ):
             base = f"{prefix or 't'}_{base}"
         name, n = base, 2
@@ -71,40 +83,120 @@ class _Names:
 
 def _docstring(plan: DagPlan) -> str:
     lines = [
-        f"Azkaban flow {plan.flow_name!r} of project {plan.project!r}, migrated by `airflow-ml azkaban migrate`.",
-        "",
-        f"Source: {plan.source_file or '?'} (Azkaban Flow {plan.flow_version}).",
+        f"Azkaban flow {plan.flow_name!r} of project {plan.project!r} ({plan.source_file or '?'}, Flow {plan.flow_version})."
     ]
     if plan.schedule is not None:
         target = plan.schedule.cron or "none: see the migration report"
         lines.append(f"Schedule: Quartz {plan.schedule.quartz!r} ({plan.schedule.origin}) -> {target}.")
     if plan.disabled:
         lines.append(f"Disabled by default (the disabled_tasks param): {', '.join(plan.disabled)}.")
-    lines.append("Run-time behaviour (conditions, ${...} parameters, outputs) lives in")
-    lines.append("airflow_ml_provider.azkaban.runtime; see docs/azkaban-migration.md.")
+    lines.append("Migrated by `airflow-ml azkaban migrate`; see docs/azkaban-migration.md.")
     text = "\n".join(lines).replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
     return f'"""{text}\n"""'
 
 
-def render_dag(plan: DagPlan, resource_dir: str) -> str:
-    """The DAG file text for ``plan``; ``resource_dir`` is the resources folder beside it."""
-    names = _Names()
-    constants: dict[str, str] = {}  # literal -> constant name
+_LINE = 88  # ruff format's default line length
 
-    def inherited_ref(props: dict[str, str]) -> str | None:
-        if not props:
-            return None
-        lit = py_literal(dict(sorted(props.items())))
-        if lit not in constants:
-            constants[lit] = f"INHERITED_{len(constants) + 1}"
-        return constants[lit]
+
+def _spec_key(task: TaskPlan) -> tuple[str, str, str, str]:
+    return (
+        task.job_type,
+        py_literal(task.props) if task.props else "",
+        py_literal(dict(sorted(task.inherited.items()))) if task.inherited else "",
+        task.job_dir,
+    )
+
+
+def render_dag(plan: DagPlan, resource_dir: str) -> str:
+    """The DAG file text for ``plan``; ``resource_dir`` is the resources folder beside it.
+
+    Compact by construction: what several jobs share (their type, own properties, inherited
+    ``.properties`` chain and directory) is written once, as a module-level ``partial`` of
+    :func:`job` (``command_1 = partial(job, job_type="command", props={...})``, used as
+    ``command_1("a")``); a dependency is written where the job is created (``b = a >> job("b", ...)``);
+    empty arguments are left out.
+    """
+    names = _Names()
+
+    # ---- what is shared: count the specs and inherited chains
+    spec_count: dict[tuple[str, str, str, str], int] = {}
+    tasks = [t for _, t in plan.tasks()]
+    for task in tasks:
+        key = _spec_key(task)
+        spec_count[key] = spec_count.get(key, 0) + 1
+    inherited_count: dict[str, int] = {}
+    for key, n in spec_count.items():
+        if key[2]:
+            inherited_count[key[2]] = inherited_count.get(key[2], 0) + (1 if n > 1 else n)
+    inherited_names: dict[str, str] = {}
+    spec_names: dict[tuple[str, str, str, str], str] = {}
+    constants: list[str] = []
+
+    def inherited_ref(lit: str) -> str:
+        if inherited_count.get(lit, 0) < 2:
+            return lit
+        if lit not in inherited_names:
+            name = names.make(f"INHERITED_{len(inherited_names) + 1}", constant=True)
+            inherited_names[lit] = name
+            constants.append(f"{name} = {lit}")
+        return inherited_names[lit]
+
+    def spec_args(key: tuple[str, str, str, str]) -> list[str]:
+        job_type, props, inherited, job_dir = key
+        if spec_count[key] > 1:
+            if key not in spec_names:
+                base = re.sub(r"\W", "_", job_type, flags=re.ASCII).lower() or "job"
+                name = names.make(base if base[0].isalpha() else f"job_{base}")
+                items = [f"job_type={py_literal(job_type)}"]
+                if props:
+                    items.append(f"props={props}")
+                if inherited:
+                    items.append(f"inherited={inherited_ref(inherited)}")
+                if job_dir:
+                    items.append(f"job_dir={py_literal(job_dir)}")
+                spec_names[key] = name
+                constants.append(f"{name} = partial(job, {', '.join(items)})")
+            return []
+        args = [py_literal(job_type)]
+        if props:
+            args.append(props)
+        if inherited:
+            args.append(f"inherited={inherited_ref(inherited)}")
+        if job_dir:
+            args.append(f"job_dir={py_literal(job_dir)}")
+        return args
 
     body: list[str] = []
     uses_group = False
-    uses_timetable = False
 
-    def emit_group(group: GroupPlan, indent: str, vars_by_name: dict[str, str]) -> None:
+    def emit_group(group: GroupPlan, indent: str, embedding: list[dict[str, str]]) -> None:
         nonlocal uses_group
+        vars_by_name: dict[str, str] = {}
+        ups: dict[str, list[str]] = {}
+        for up, down in group.edges:
+            ups.setdefault(down, []).append(up)
+        has_child = {up for up, _ in group.edges}
+
+        def upstream_refs(name: str) -> list[str]:
+            return [vars_by_name[u] for u in ups.get(name, ()) if u in vars_by_name]
+
+        def upstream_expr(refs: list[str]) -> str:
+            if not refs:
+                return ""
+            return (refs[0] if len(refs) == 1 else "[" + ", ".join(refs) + "]") + " >> "
+
+        def upstream_lines(refs: list[str], target: str) -> None:
+            """``[a, b, ...] >> target`` in lines that fit (ruff would put one parent per line)."""
+            room = _LINE - len(indent) - len(f"[] >> {target}")
+            chunk: list[str] = []
+            for ref in refs:
+                if chunk and len(", ".join([*chunk, ref])) > room:
+                    body.append(f"{indent}{upstream_expr(chunk)}{target}")
+                    chunk = []
+                chunk.append(ref)
+            if chunk:
+                body.append(f"{indent}{upstream_expr(chunk)}{target}")
+
         for member in group.members:
             if isinstance(member, GroupPlan):
                 uses_group = True
@@ -113,56 +205,60 @@ def render_dag(plan: DagPlan, resource_dir: str) -> str:
                 while len(chain[-1].members) == 1 and isinstance(chain[-1].members[0], GroupPlan):
                     chain.append(chain[-1].members[0])
                 items = []
+                inner = embedding
                 for g in chain:
-                    var = names.make(g.name, "g")
+                    var = names.make(g.group_id, "g")
                     if g is member:
                         vars_by_name[g.name] = var
-                    args = [py_literal(g.name)]
-                    if g.embedding_props:
-                        args.append(
-                            f"default_args={{{py_literal('embedding_props')}: {py_literal(g.embedding_props)}}}"
-                        )
+                    args = [py_literal(g.group_id)]
+                    own = [p for p in (g.embedding_props or []) if p]
+                    if own != inner:
+                        args.append(f"default_args={{{py_literal('embedding_props')}: {py_literal(own)}}}")
+                    inner = own
+                    if g.group_id != g.name:
+                        args.append(f"tooltip={py_literal(f'Azkaban embedded flow {g.name!r}')}")
                     items.append(f"TaskGroup({', '.join(args)}) as {var}")
                 body.append(f"{indent}with {', '.join(items)}:")
                 before = len(body)
-                emit_group(chain[-1], indent + "    ", {})
+                emit_group(chain[-1], indent + "    ", inner)
                 if len(body) == before:
                     body.append(f"{indent}    pass")
+                upstream_lines(upstream_refs(member.name), vars_by_name[member.name])
                 continue
             assert isinstance(member, TaskPlan)
-            var = names.make(member.name)
+            var = names.make(member.task_id)
             vars_by_name[member.name] = var
-            args = [py_literal(member.name), py_literal(member.job_type)]
-            if member.props:
-                args.append(py_literal(member.props))
-            ref = inherited_ref(member.inherited)
-            if ref:
-                args.append(f"inherited={ref}")
+            spec = spec_args(_spec_key(member))
+            factory = spec_names.get(_spec_key(member), "job")
+            args = [py_literal(member.task_id), *spec]
+            if member.task_id != member.name:
+                args.append(f"job_name={py_literal(member.name)}")
             if member.condition:
                 args.append(f"condition={py_literal(member.condition)}")
             if member.ref_prefix is not None:
                 args.append(f"condition_scope={py_literal(member.ref_prefix)}")
-            if member.job_dir:
-                args.append(f"job_dir={py_literal(member.job_dir)}")
-            body.append(f"{indent}{var} = job({', '.join(args)})")
-        by_up: dict[str, list[str]] = {}
-        for up, down in group.edges:
-            by_up.setdefault(up, []).append(down)
-        for up, downs in by_up.items():
-            targets = [vars_by_name[d] for d in downs]
-            rhs = targets[0] if len(targets) == 1 else "[" + ", ".join(targets) + "]"
-            body.append(f"{indent}{vars_by_name[up]} >> {rhs}")
+            if member.job_ids:
+                args.append(f"job_ids={py_literal(member.job_ids)}")
+            refs = upstream_refs(member.name)
+            call = f"{factory}({', '.join(args)})"
+            # a job nothing in this group depends on needs no variable
+            assign = f"{var} = " if member.name in has_child else ""
+            line = f"{indent}{assign}{upstream_expr(refs)}{call}"
+            if len(line) > _LINE and len(refs) > 1:
+                body.append(f"{indent}{var} = {call}")
+                upstream_lines(refs, var)
+            else:
+                body.append(line)
 
-    emit_group(plan.root, "    ", {})
+    emit_group(plan.root, "    ", [])
 
-    if plan.schedule is not None and plan.schedule.cron and plan.schedule.timezone:
+    uses_timetable = False
+    if plan.schedule is not None and plan.schedule.cron:
         uses_timetable = True
         schedule = (
             f"CronTriggerTimetable({py_literal(plan.schedule.cron)}, "
-            f"timezone={py_literal(plan.schedule.timezone)})"
+            f"timezone={py_literal(plan.schedule.timezone or plan.timezone)})"
         )
-    elif plan.schedule is not None and plan.schedule.cron:
-        schedule = py_literal(plan.schedule.cron)
     else:
         schedule = "None"
 
@@ -172,27 +268,29 @@ def render_dag(plan: DagPlan, resource_dir: str) -> str:
     if uses_group:
         imports.append("TaskGroup")
     dag_args = [
+        "__file__",
+        py_literal(resource_dir),
         f"project={py_literal(plan.project)}",
         f"flow_id={py_literal(plan.flow_name)}",
-        "project_dir=PROJECT_DIR",
     ]
     if plan.flow_props:
         dag_args.append(f"flow_props={py_literal(plan.flow_props)}")
     if plan.disabled:
         dag_args.append(f"disabled={py_literal(plan.disabled)}")
+    if plan.timezone and plan.timezone != "UTC":
+        dag_args.append(f"timezone={py_literal(plan.timezone)}")
+    if plan.undefined:
+        dag_args.append(f"flow_params={py_literal(plan.undefined)}")
 
-    out = [
-        _docstring(plan),
-        "",
-        "from pathlib import Path",
-        "",
+    out = [_docstring(plan), ""]
+    if spec_names:
+        out += ["from functools import partial", ""]
+    out += [
         f"from airflow.sdk import {', '.join(imports)}",
         "from airflow_ml_provider.azkaban.runtime import flow_dag_args, job",
-        "",
-        f"PROJECT_DIR = Path(__file__).parent / {py_literal(resource_dir)}",
     ]
-    for lit, name in constants.items():
-        out.append(f"{name} = {lit}")
+    if constants:
+        out += ["", *constants]
     out += [
         "",
         "with DAG(",
@@ -201,9 +299,7 @@ def render_dag(plan: DagPlan, resource_dir: str) -> str:
         f"    **flow_dag_args({', '.join(dag_args)}),",
         "):",
     ]
-    if not body:
-        body = ["    pass"]
-    out += body
+    out += body or ["    pass"]
     return "\n".join(out) + "\n"
 
 

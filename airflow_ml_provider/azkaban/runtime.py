@@ -106,12 +106,18 @@ def resolve_props(layers: Sequence[Mapping[str, Any]], *, job: str = "") -> dict
     return expand_all(layers, job=job)
 
 
-def builtin_props(context: Mapping[str, Any], *, flow_id: str, project: str, task_id: str) -> dict[str, str]:
+def builtin_props(
+    context: Mapping[str, Any], *, flow_id: str, project: str, task_id: str, timezone: str = "UTC"
+) -> dict[str, str]:
     """Azkaban's built-in flow parameters, mapped to the Airflow run.
 
     ``azkaban.flow.flowid`` = the dag_id, ``azkaban.flow.execid`` = the run_id,
+    ``azkaban.job.id`` = ``task_id`` (pass the original job name),
     ``azkaban.flow.start.*`` = the run's logical date (its start date when it has none, as manual
-    runs may), ``azkaban.job.attempt`` = try_number - 1 (Azkaban counts attempts from 0).
+    runs may) in ``timezone``, formatted as Azkaban's ``PropsUtils.addCommonFlowProperties`` does
+    with a Joda ``DateTime`` in the server's zone (``default.timezone.id``): ``timestamp`` is ISO
+    8601 with milliseconds and offset, ``year`` ... ``milliseconds`` are zero-padded fields,
+    ``timezone`` the zone id; ``azkaban.job.attempt`` = try_number - 1 (Azkaban counts from 0).
     """
     dag_run = context.get("dag_run")
     ti = context.get("ti") or context.get("task_instance")
@@ -129,9 +135,20 @@ def builtin_props(context: Mapping[str, Any], *, flow_id: str, project: str, tas
         "azkaban.job.attempt": str(max(int(getattr(ti, "try_number", 1) or 1) - 1, 0)),
     }
     if start is not None:
+        from zoneinfo import ZoneInfo
+
+        zone = ZoneInfo(timezone or "UTC")
+        if start.tzinfo is None:  # Airflow dates are aware; a naive one is UTC
+            from datetime import timezone as _tz
+
+            start = start.replace(tzinfo=_tz.utc)
+        start = start.astimezone(zone)
+        stamp = start.isoformat(timespec="milliseconds")
+        if stamp.endswith("+00:00"):  # Joda prints a zero offset as Z
+            stamp = stamp[:-6] + "Z"
         props.update(
             {
-                "azkaban.flow.start.timestamp": start.isoformat(),
+                "azkaban.flow.start.timestamp": stamp,
                 "azkaban.flow.start.year": f"{start.year:04d}",
                 "azkaban.flow.start.month": f"{start.month:02d}",
                 "azkaban.flow.start.day": f"{start.day:02d}",
@@ -139,7 +156,7 @@ def builtin_props(context: Mapping[str, Any], *, flow_id: str, project: str, tas
                 "azkaban.flow.start.minute": f"{start.minute:02d}",
                 "azkaban.flow.start.second": f"{start.second:02d}",
                 "azkaban.flow.start.milliseconds": f"{start.microsecond // 1000:03d}",
-                "azkaban.flow.start.timezone": str(start.tzinfo or "UTC"),
+                "azkaban.flow.start.timezone": zone.key,
             }
         )
     return props
@@ -203,6 +220,8 @@ class AzkabanJobOperator(BaseOperator):
         ``azkaban.flow.start.*`` built-ins are computed in it.
     :param job_ids: task ids of the sibling jobs named by the condition, by job name, for the names
         that had to be changed to be valid task ids.
+    :param flow_param_names: the flow parameters of the DAG's trigger form (set by
+        :func:`flow_dag_args`): a run's value for one of them (``params``) overrides the flow's.
     """
 
     template_fields = ()
@@ -225,6 +244,7 @@ class AzkabanJobOperator(BaseOperator):
         job_dir: str = "",
         timezone: str = "UTC",
         job_ids: Mapping[str, str] | None = None,
+        flow_param_names: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -233,6 +253,7 @@ class AzkabanJobOperator(BaseOperator):
         self.job_dir = job_dir or ""
         self.timezone = timezone or "UTC"
         self.job_ids = dict(job_ids or {})
+        self.flow_param_names = list(flow_param_names or ())
         self.job_type = job_type
         self.props = dict(props or {})
         self.inherited = dict(inherited or {})
@@ -247,15 +268,26 @@ class AzkabanJobOperator(BaseOperator):
     @property
     def job_name(self) -> str:
         """The original Azkaban job name (not the task id, which may differ)."""
-        return self._job_name or self.task_id.rsplit(".", 1)[-1]
+        if self._job_name:
+            return self._job_name
+        prefix = self._group_prefix()
+        return self.task_id[len(prefix) :] if prefix and self.task_id.startswith(prefix) else self.task_id
+
+    def _group_prefix(self) -> str:
+        """``"<group id>."`` of this task's TaskGroup ("" at the top level); a task id may hold dots."""
+        group = getattr(self, "task_group", None)
+        group_id = getattr(group, "group_id", None) if group is not None else None
+        if group_id:
+            return f"{group_id}."
+        if group is None and "." in self.task_id:  # not attached to a DAG: the old rule
+            return self.task_id.rsplit(".", 1)[0] + "."
+        return ""
 
     def _sibling_task_id(self, job: str) -> str:
         ident = self.job_ids.get(job, job)
         if self.condition_scope is not None:
             return self.condition_scope + ident
-        # task ids hold no dots of their own (the migration replaces them): the prefix is the group's
-        prefix = self.task_id.rsplit(".", 1)[0] + "." if "." in self.task_id else ""
-        return prefix + ident
+        return self._group_prefix() + ident
 
     def _parent_states(self, context: Mapping[str, Any]) -> dict[str, str]:
         parents = sorted(self.upstream_task_ids)
@@ -321,11 +353,20 @@ class AzkabanJobOperator(BaseOperator):
         parent_outputs: dict[str, str] = {}
         for _task, out in sorted(self._outputs(context, parents).items()):
             parent_outputs.update({str(k): "" if v is None else str(v) for k, v in out.items()})
+        params = context.get("params") or {}
+        form = {k: params[k] for k in self.flow_param_names if k in params and params[k] is not None}
         layers: list[Mapping[str, Any]] = [
             self.inherited,
             self.flow_props,
+            form,  # the trigger form's flow parameters (defaults: the flow's own values)
             dict(run_flow_params or {}),
-            builtin_props(context, flow_id=self.flow_id, project=self.project, task_id=self.task_id),
+            builtin_props(
+                context,
+                flow_id=self.flow_id,
+                project=self.project,
+                task_id=self.job_name,
+                timezone=self.timezone,
+            ),
             *self.embedding_props,
             parent_outputs,
             self.props,
@@ -692,6 +733,8 @@ def job(
     backoff = _int(merged.get("retry.backoff"))
     if backoff is not None:
         kwargs.setdefault("retry_delay", timedelta(milliseconds=backoff))
+    elif retries is not None:  # Azkaban's default back-off is 0 ms (Airflow's would be 300 s)
+        kwargs.setdefault("retry_delay", timedelta(0))
     failure = _emails(merged.get("failure.emails")) + _emails(merged.get("notify.emails"))
     success = _emails(merged.get("success.emails")) + _emails(merged.get("notify.emails"))
     if failure:
@@ -720,27 +763,64 @@ def _int(value: str | None) -> int | None:
 
 
 def flow_dag_args(
+    dag_file: str | os.PathLike[str] | None = None,
+    resources: str = "",
     *,
     project: str,
     flow_id: str,
-    project_dir: str | os.PathLike[str],
+    project_dir: str | os.PathLike[str] | None = None,
     flow_props: Mapping[str, str] | None = None,
     disabled: Sequence[str] = (),
     timezone: str = "UTC",
+    flow_params: Sequence[str] = (),
 ) -> dict[str, Any]:
     """DAG keyword arguments shared by every migrated flow.
 
+    :param dag_file: the DAG file (``__file__``); with ``resources``, the folder beside it that
+        holds the copied project: the project directory, unless ``project_dir`` is given.
+    :param project_dir: the directory holding the project's files.
+    :param flow_props: the flow's parameters (Flow 2.0 flow ``config``, a schedule's
+        ``flowParameters``).
     :param disabled: the schedule's ``disabledJobs``: the default of the ``disabled_tasks`` param.
     :param timezone: the flow's time zone (``--timezone``), given to every task.
+    :param flow_params: keys the jobs reference that nothing defines (to be given at run time).
+        Each of them and each of ``flow_props`` becomes an optional string Param of the trigger
+        form (default: the flow's value, or none); a value given there overrides the flow's
+        parameter, and ``conf["flow_params"]`` overrides both.
     """
+    from airflow.sdk import Param
+
+    flow_props = {str(k): "" if v is None else str(v) for k, v in (flow_props or {}).items()}
+    params: dict[str, Any] = {"disabled_tasks": disabled_tasks_param(disabled)}
+    names: list[str] = []
+    for key in [*flow_props, *(k for k in flow_params if k not in flow_props)]:
+        if key in params:
+            continue
+        defined = key in flow_props
+        params[key] = Param(
+            flow_props[key] if defined else None,
+            type=["null", "string"],
+            description=(
+                f"Azkaban flow parameter ${{{key}}}"
+                + (
+                    " (the flow's value by default)"
+                    if defined
+                    else ": referenced by the jobs, defined nowhere"
+                )
+            ),
+        )
+        names.append(key)
     return {
-        "params": {"disabled_tasks": disabled_tasks_param(disabled)},
+        "params": params,
         "default_args": {
-            "project_dir": str(project_dir),
+            "project_dir": str(
+                project_dir if project_dir is not None else Path(dag_file or ".").parent / resources
+            ),
             "project": project,
             "flow_id": flow_id,
-            "flow_props": dict(flow_props or {}),
+            "flow_props": flow_props,
             "timezone": timezone or "UTC",
+            "flow_param_names": names,
         },
         "catchup": False,
         "tags": ["azkaban", project] if project else ["azkaban"],

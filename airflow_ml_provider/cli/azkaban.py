@@ -1,7 +1,7 @@
 """``airflow-ml azkaban``: migrate Azkaban projects to Airflow DAG files.
 
-``airflow-ml azkaban migrate SOURCE --out DIR [--schedules FILE] [--dag-id-prefix P]
-[--dry-run] [--report FILE] [--strict]``
+``airflow-ml azkaban migrate SOURCE --out DIR [--schedules FILE] [--timezone ZONE]
+[--dag-id-prefix P] [--overwrite] [--dry-run] [--report FILE] [--strict]``
 
 Exit codes: 0 success (warnings allowed), 1 a flow could not be converted (or the project could
 not be read), 2 a usage error. Messages name the file and the problem; never a traceback.
@@ -39,7 +39,22 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="JSON from Azkaban's /schedule?ajax=fetchSchedule or fetchSchedules (cron + execution options)",
     )
-    mig.add_argument("--dag-id-prefix", default="", metavar="P", help="prefix for every dag_id")
+    mig.add_argument(
+        "--timezone",
+        default=None,
+        metavar="ZONE",
+        help="the Azkaban server's time zone (its default.timezone.id), e.g. Asia/Shanghai: used for "
+        "schedules that name none and for ${azkaban.flow.start.*} (default UTC, with a warning when the "
+        "project has schedules or uses those properties)",
+    )
+    mig.add_argument(
+        "--dag-id-prefix", "--prefix", default="", metavar="P", help="prefix for every dag_id and DAG file"
+    )
+    mig.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DAG files in --out that another project's migration wrote (refused otherwise)",
+    )
     mig.add_argument("--dry-run", action="store_true", help="report only; write no file")
     mig.add_argument("--report", metavar="FILE", help="write the full report as JSON")
     mig.add_argument("--strict", action="store_true", help="treat warnings as errors")
@@ -159,6 +174,8 @@ def run_migrate(args: argparse.Namespace) -> int:
             strict=args.strict,
             progress=_Progress(),
             max_archive_bytes=args.max_archive_size,
+            timezone=args.timezone,
+            overwrite=args.overwrite,
         )
     except MigrationError as exc:
         raise CLIError(str(exc), exit_code=exc.exit_code) from None
