@@ -367,18 +367,10 @@ def _open_dictionary() -> _Dictionary:
     from airflow_ml_provider.dictionary_store import DEFAULT_TABLE, DictionaryError, DictionaryStore
     from airflow_ml_provider.plugins import views
 
-    if hasattr(views, "_dictionary_location"):  # the settings owner's resolution (ml/settings.py)
-        settings = views._dictionary_location()
-        if settings is None:
-            raise HTTPException(404, getattr(views, "NO_DICTIONARY", "no dictionary database is configured"))
-    else:
-        settings = views._dictionary_settings()
-    if isinstance(settings, Mapping):
-        url = settings.get("sql_alchemy_conn") or settings.get("url")
-        table = settings.get("table") or DEFAULT_TABLE
-        prefix = settings.get("key_prefix") or ""
-    else:  # a settings object (url, table, key_prefix)
-        url, table, prefix = settings.url, settings.table or DEFAULT_TABLE, settings.key_prefix or ""
+    location = views._dictionary_location()  # the one resolution (ml/settings.py), as the CLI's
+    if location is None:
+        raise HTTPException(404, views.NO_DICTIONARY)
+    url, table, prefix = location.url, location.table or DEFAULT_TABLE, location.key_prefix or ""
     try:
         store = DictionaryStore(url, table)
     except DictionaryError as exc:
@@ -720,7 +712,9 @@ def create_app() -> FastAPI:
     @app.get("/models", response_class=HTMLResponse)
     async def models_page(request: Request, user=user_dep):
         models = await asyncio.to_thread(models_list)
-        return render(request, "models.html", models=models, user=auth.user_name(user))
+        loc = await asyncio.to_thread(views._registry_location)
+        return render(request, "models.html", models=models, user=auth.user_name(user),
+                      where=f"{loc.masked} (set by {loc.source})")
 
     @app.get("/models/{name}", response_class=HTMLResponse)
     async def model_page(request: Request, name: str, v: str | None = None, a: str | None = None,

@@ -1,9 +1,8 @@
-"""The "ML" pages of the Airflow UI: published models and the dictionary table.
+"""Where the UI plugin's data lives, and the JSON views the pages build on.
 
-A FastAPI app mounted by :class:`~airflow_ml_provider.plugins.ml_plugin.AirflowMLPlugin` at ``/ml``
-in Airflow's API server. Airflow does not authenticate plugin apps, so every route here depends on
-Airflow's own auth: ``/ml/models`` and ``/ml/api/models*`` need a signed-in user, and the dictionary
-routes need read access to Variables (the dictionary serves Variables). Values of keys that look
+The pages and routes themselves (Jinja2 templates, auth, rollback, dictionary edits) are in
+:mod:`airflow_ml_provider.plugins.pages`; this module resolves the registry and the dictionary
+database for them and gives the registry overview of ``GET /ml/api/models*``. Values of keys that look
 sensitive (Airflow's rules: ``password``, ``secret``, ``token``...) are shown as ``***``.
 
 Where the data lives is decided by :mod:`airflow_ml_provider.ml.settings`, as for the operators, the
@@ -15,19 +14,13 @@ CLI and the service (docs/configuration.md):
   dictionary is configured the JSON route answers 404 and the page says how to set one up.
 
 The HTML pages never show raw JSON errors: a problem (registry unreachable...) is shown on the page.
-
-Routes (JSON): ``GET /ml/api/models``, ``GET /ml/api/models/{name}``, ``GET /ml/api/dictionary``;
-(HTML): ``GET /ml/models``, ``GET /ml/dictionary``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import html
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
+from fastapi import HTTPException
 
 def _registry_location():
     from airflow_ml_provider.ml import settings
@@ -143,84 +136,3 @@ def dictionary_entries() -> list[dict[str, Any]]:
         rows.append(row)
     return rows
 
-
-def _page(title: str, header: list[str], rows: list[list[Any]], note: str = "", *, empty_text: str = "Nothing here yet.",
-          problem: str | None = None, status: int = 200) -> HTMLResponse:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in row) + "</tr>"
-        for row in rows
-    )
-    empty = "" if rows else f'<p class="empty">{html.escape(empty_text)}</p>'
-    if problem is not None:
-        empty = f'<p class="problem">{html.escape(problem)}</p>'
-        head = body = ""
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if head else ""
-    return HTMLResponse(
-        f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:1.5rem}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}}
-th{{background:#f3f3f3}}.note{{color:#555}}.problem{{color:#a00}}</style></head>
-<body><h1>{html.escape(title)}</h1><p class="note">{html.escape(note)}</p>
-{table}{empty}</body></html>""",
-        status_code=status,
-    )
-
-
-def create_app() -> FastAPI:
-    """The FastAPI app, every route behind Airflow's authentication."""
-    from airflow.api_fastapi.core_api.security import requires_access_variable, requires_authenticated
-
-    signed_in = [Depends(requires_authenticated())]
-    can_read_variables = [Depends(requires_access_variable("GET"))]
-    app = FastAPI(title="Airflow ML", description="Published models and the dictionary table")
-
-    @app.get("/api/models", dependencies=signed_in)
-    async def api_models() -> list[dict[str, Any]]:
-        return await asyncio.to_thread(models_overview)
-
-    @app.get("/api/models/{name}", dependencies=signed_in)
-    async def api_model(name: str) -> dict[str, Any]:
-        return await asyncio.to_thread(model_detail, name)
-
-    @app.get("/api/dictionary", dependencies=can_read_variables)
-    async def api_dictionary() -> list[dict[str, Any]]:
-        return await asyncio.to_thread(dictionary_entries)
-
-    @app.get("/models", dependencies=signed_in, response_class=HTMLResponse)
-    async def models_page() -> HTMLResponse:
-        header = ["model", "serving", "versions", "framework", "metrics", "bundle", "published"]
-        try:
-            location = await asyncio.to_thread(_registry_location)
-            models = await asyncio.to_thread(models_overview)
-        except HTTPException as exc:
-            return _page("Published models", header, [], "", problem=str(exc.detail), status=exc.status_code)
-        where = f"From the model registry at {location.masked} (set by {location.source})."
-        rows = []
-        for m in models:
-            cur = m["current"] or {}
-            metrics = cur.get("metrics") or {}
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-            rows.append([m["name"], m["serving_version"], ", ".join(map(str, m["versions"])),
-                         cur.get("framework"), shown, cur.get("bundle_uri"), cur.get("created_at")])
-        return _page("Published models", header, rows, where,
-                     empty_text="No model has been published yet: run a DAG that ends with PublishModelOperator.")
-
-    @app.get("/dictionary", dependencies=can_read_variables, response_class=HTMLResponse)
-    async def dictionary_page() -> HTMLResponse:
-        header = ["key", "value", "description", "updated", "by"]
-        try:
-            location = await asyncio.to_thread(_dictionary_location)
-            if location is None:
-                return _page("Dictionary table", header, [], "", problem=NO_DICTIONARY)
-            entries = await asyncio.to_thread(dictionary_entries)
-        except HTTPException as exc:
-            return _page("Dictionary table", header, [], "", problem=str(exc.detail), status=exc.status_code)
-        rows = [[e["key"], e["value"], e["description"], e["updated_at"], e["updated_by"]] for e in entries]
-        where = (f"Table {location.table!r} at {location.masked} (set by {location.source})"
-                 + (f", key prefix {location.key_prefix!r}" if location.key_prefix else "")
-                 + ". Served to DAGs as Airflow Variables; change with `airflow-ml dictionary set`.")
-        return _page("Dictionary table", header, rows, where,
-                     empty_text="The dictionary is empty: add a key with `airflow-ml dictionary set KEY VALUE`.")
-
-    return app
