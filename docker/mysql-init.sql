@@ -1,5 +1,4 @@
--- The ML database: model registry (ml_model_publish), dictionary table (ml_dictionary) and sample
--- tables. The project creates its own tables on first use; this only creates the database and grants.
-CREATE DATABASE IF NOT EXISTS ml CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
-GRANT ALL PRIVILEGES ON ml.* TO 'airflow'@'%';
-FLUSH PRIVILEGES;
+-- The ML database (model registry ml_model_publish, dictionary table ml_dictionary, sample tables).
+-- The image's entrypoint creates the database `ml` and the user `ml` (MYSQL_DATABASE/MYSQL_USER) with
+-- all privileges on it; this only fixes its character set. The project creates its own tables.
+ALTER DATABASE ml CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
