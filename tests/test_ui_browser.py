@@ -327,6 +327,17 @@ def test_run_tab_shows_the_published_version_or_the_gate_reasons(ui):
     tasks = d.find_element(By.ID, "tasks").text
     assert "publish skipped" in tasks
     _shot(ui, "run-gated")
+    # the same page as the "ML model" tab of the run in Airflow's own UI (external view, dag_run)
+    d.get(f"{url}/dags/{RUN_DAG}/runs/{quote(ui['published_run'], safe='')}/plugin/ml-model")
+    frame = _wait(d, lambda d: next((f for f in d.find_elements(By.TAG_NAME, "iframe")
+                                     if f"ml/runs/{RUN_DAG}/" in (f.get_attribute("src") or "")), None))
+    d.switch_to.frame(frame)
+    try:
+        _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#published .published-version"))
+        assert d.find_element(By.CSS_SELECTOR, "#published .published-version").text == "1"
+    finally:
+        d.switch_to.default_content()
+    _shot(ui, "run-tab-in-airflow")
 
 
 def test_viewer_sees_models_but_cannot_write(ui):
