@@ -229,6 +229,42 @@ def test_jobs_run_in_their_own_directory_and_java_type_runs(tmp_path, run_dag, c
     assert (tmp_path / "javacache").is_dir()  # our runner, compiled once into the cache
 
 
+FLOW2_PROJECT = {
+    "p.project": "azkaban-flow-version: 2.0\n",
+    "top.sh": 'echo "top $JOB_NAME $(pwd)" >> "$OUTDIR/records.txt"\n',
+    "flows/local.sh": 'echo "local $JOB_NAME $(pwd)" >> "$OUTDIR/records.txt"\n',
+    "flows/f2.flow": """
+        nodes:
+          - name: first
+            type: command
+            config:
+              command: sh local.sh
+          - name: second
+            type: command
+            dependsOn: [first]
+            config:
+              command: sh ../top.sh
+        """,
+}
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_flow2_jobs_run_in_the_flow_files_directory(tmp_path, run_dag, capsys):
+    proj = _write(tmp_path / "f2proj", FLOW2_PROJECT)
+    out = tmp_path / "dags"
+    _migrate(proj, out, capsys)
+    records = tmp_path / "records"
+    records.mkdir()
+    result = run_dag(out, "f2", env={"OUTDIR": str(records)})
+    assert set(result.states.values()) == {"success"}, result.output[-6000:]
+    flows = (next(out.glob("*_resources")) / "flows").resolve()
+    assert (records / "records.txt").read_text().splitlines() == [
+        f"local first {flows}",
+        f"top second {flows}",
+    ]
+
+
 def test_job_dir_outside_the_project_is_refused(tmp_path):
     from airflow.sdk.exceptions import AirflowFailException
 
