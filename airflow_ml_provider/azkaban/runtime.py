@@ -15,7 +15,8 @@ at run time happens here, in :class:`AzkabanJobOperator`:
 * ``JOB_PROP_FILE``, ``JOB_NAME`` and ``JOB_OUTPUT_PROP_FILE`` in the environment; the JSON a job
   writes to ``JOB_OUTPUT_PROP_FILE`` is its XCom return value, which children read;
 * the job types ``command`` (no shell: each line split on spaces, respecting quotes),
-  ``javaprocess``, ``hive``, ``noop`` and unknown types (which fail loudly).
+  ``javaprocess``, ``java`` (Azkaban's JavaJob), ``hive``, ``noop`` and unknown types (which
+  fail loudly), each command in its own process group, in the job's own directory.
 
 Only ``airflow.sdk`` is imported at module level, so DAG files parse fast.
 """
@@ -196,8 +197,8 @@ def _emails(value: str | None) -> list[str]:
 class AzkabanJobOperator(BaseOperator):
     """One migrated Azkaban job.
 
-    :param job_type: the Azkaban ``type`` (``command``, ``javaprocess``, ``hive``, ``noop``, or any
-        other, which fails at run time showing the job's properties).
+    :param job_type: the Azkaban ``type`` (``command``, ``javaprocess``, ``java``, ``hive``,
+        ``noop``, or any other, which fails at run time showing the job's properties).
     :param props: the properties written in the job's own ``.job`` file / Flow 2.0 ``config``.
     :param inherited: properties inherited from the directory's ``.properties`` chain.
     :param flow_props: the flow's parameters (Flow 2.0 flow ``config``, a schedule's
@@ -205,8 +206,8 @@ class AzkabanJobOperator(BaseOperator):
     :param embedding_props: for a job of an embedded flow, the own properties of each embedding
         job, outermost first (set by the TaskGroup's ``default_args``).
     :param condition: the Azkaban ``condition`` text, or None.
-    :param project_dir: the directory holding the project's resource files (the default
-        working directory, as Azkaban runs jobs in the project's execution directory).
+    :param project_dir: the directory holding the copied project; each job runs in its
+        ``job_dir`` inside it (Azkaban runs a job in its own file's directory).
     :param project: the Azkaban project name (``azkaban.flow.projectname``).
     :param flow_id: the Azkaban flow id (used when the run has no dag_id).
     :param condition_scope: the task-id prefix of the jobs that ``${job:param}`` in the condition
