@@ -1,6 +1,6 @@
 """Feature-table read cost and XGBoost trainer overhead, each next to a plain baseline from the same run.
 
-1. Reading a feature table (one ``fixed_size_binary[4d]`` row column, zero-copy into ``(n, d)``)
+1. Reading a feature table (one ``fixed_size_list<float32>[d]`` row column, zero-copy into ``(n, d)``)
    vs. the plain pandas path: the same matrix stored as ``d`` float32 columns, read with
    ``pandas.read_parquet(...).to_numpy(np.float32)``.
 2. Training through ``get_trainer("xgboost")`` (feature-table read + DMatrix + ``xgboost.train`` +

@@ -148,10 +148,8 @@ def _plain_script(train_path: str, valid_path: str, out_dir: str) -> float:
 
     def load(path):
         table = pq.read_table(path)
-        feats = table.column("features").combine_chunks()  # fixed_size_binary[4*d]: row-major float32
-        d = feats.type.byte_width // 4
-        X = np.frombuffer(feats.buffers()[1], dtype=np.float32, count=len(feats) * d,
-                          offset=feats.offset * feats.type.byte_width).reshape(-1, d)
+        feats = table.column("features").combine_chunks()  # fixed_size_list<float32>[d]: row-major float32
+        X = feats.flatten().to_numpy().reshape(-1, feats.type.list_size)
         y = table.column("label").to_numpy()
         return X, y
 

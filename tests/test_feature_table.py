@@ -55,14 +55,16 @@ def test_round_trip_features_label_names_and_extra_columns(tmp_path):
     assert read_feature_names(path) == names
 
 
-def test_layout_is_one_fixed_size_binary_row_column_with_names_in_schema_metadata(tmp_path):
+def test_layout_is_one_fixed_size_list_float32_column_with_names_in_schema_metadata(tmp_path):
     X, y = _data(n=50, d=4)
     path = write_feature_table(tmp_path / "t.parquet", X, y, list("abcd"))
     pf = pq.ParquetFile(path)
     schema = pf.schema_arrow
-    assert schema.field("features").type == pa.binary(16)  # 4 float32 per row
+    ftype = schema.field("features").type
+    assert pa.types.is_fixed_size_list(ftype) and ftype.list_size == 4  # 4 float32 per row
+    assert ftype.value_type == pa.float32() and not ftype.value_field.nullable
     row7 = pf.read().column("features")[7].as_py()
-    assert np.array_equal(np.frombuffer(row7, "<f4"), X[7], equal_nan=True)
+    assert np.array_equal(np.asarray(row7, np.float32), X[7], equal_nan=True)
     assert schema.field("label").type == pa.float32()
     meta = json.loads(schema.metadata[ft.METADATA_KEY])
     assert meta["feature_names"] == list("abcd") and meta["format_version"] == ft.FORMAT_VERSION
@@ -73,7 +75,7 @@ def test_read_is_zero_copy_view_of_the_decoded_arrow_buffer(tmp_path):
     X, y = _data(n=20_000, d=16)
     path = write_feature_table(tmp_path / "t.parquet", X, y)
     table = pq.ParquetFile(path).read()
-    data = table.column("features").chunk(0).buffers()[1]
+    data = table.column("features").chunk(0).values.buffers()[1]  # the FixedSizeList's float32 child
     tracemalloc.start()
     ds = table_to_dataset(table)
     _, peak = tracemalloc.get_traced_memory()
@@ -235,3 +237,73 @@ def test_round_trip_is_bit_exact(tmp_path_factory, X):
     # same bits: -0.0 stays -0.0, NaN stays NaN
     assert ds.X.tobytes() == np.ascontiguousarray(X).tobytes()
     np.testing.assert_array_equal(ds.y, y)
+
+
+def _write_legacy_table(path, X, y, names):
+    """The layout written before FixedSizeList: ``features`` as ``fixed_size_binary[4*d]`` (the old writer)."""
+    n, d = X.shape
+    le = np.ascontiguousarray(X.astype("<f4", copy=False))
+    feats = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * d), n, [None, pa.py_buffer(le)])
+    meta = {"format_version": 1, "feature_names": names, "n_features": d, "n_rows": n, "label": "label"}
+    table = pa.table(
+        {"features": feats, "label": pa.array(y)},
+        schema=pa.schema(
+            [pa.field("features", feats.type), pa.field("label", pa.float32())],
+            metadata={ft.METADATA_KEY: json.dumps(meta).encode()},
+        ),
+    )
+    pq.write_table(table, path, row_group_size=max(n, 1), use_dictionary=False)
+
+
+def test_files_of_the_fixed_size_binary_layout_are_still_read_zero_copy(tmp_path):
+    X, y = _data(n=2000, d=6)
+    path = tmp_path / "legacy.parquet"
+    _write_legacy_table(path, X, y, list("abcdef"))
+    assert pq.ParquetFile(path).schema_arrow.field("features").type == pa.binary(24)
+    ds = read_feature_table(path)
+    assert ds.X.tobytes() == X.tobytes() and ds.feature_names == list("abcdef")
+    np.testing.assert_array_equal(ds.y, y)
+    table = pq.ParquetFile(path).read()
+    assert table_to_dataset(table).X.ctypes.data == table.column("features").chunk(0).buffers()[1].address
+
+
+def test_other_tools_read_the_features_as_numbers(tmp_path):
+    # pandas through pyarrow: one float32 array per row, no knowledge of this library needed
+    X, y = _data(n=40, d=3)
+    path = write_feature_table(tmp_path / "t.parquet", X, y, ["a", "b", "c"])
+    df = pq.read_table(path).to_pandas()
+    assert df["features"].map(len).tolist() == [3] * 40
+    assert df["features"].iloc[0].dtype == np.float32
+    np.testing.assert_array_equal(np.stack(df["features"].to_numpy()), X)
+    # and compute on it as a list of floats (what an SQL engine's list functions see)
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(pq.read_table(path).column("features")).to_pylist()
+    assert lengths == [3] * 40
+    flat = pc.list_flatten(pq.read_table(path).column("features")).to_numpy().reshape(40, 3)
+    np.testing.assert_array_equal(flat, X)
+
+
+def test_writer_by_row_groups_gives_the_same_table(tmp_path):
+    X, y = _data(n=1000, d=5)
+    uid = np.arange(1000) * 3
+    path = tmp_path / "w.parquet"
+    with ft.FeatureTableWriter(path, list("abcde"), label=True) as w:
+        for b in range(0, 1000, 300):
+            w.write(X[b:b + 300], y[b:b + 300], {"uid": uid[b:b + 300]})
+    assert pq.ParquetFile(path).metadata.num_row_groups == 4
+    ds = read_feature_table(path)
+    assert ds.X.tobytes() == X.tobytes() and ds.feature_names == list("abcde")
+    np.testing.assert_array_equal(ds.y, y)
+    np.testing.assert_array_equal(ds.extra["uid"], uid)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.parquet"]
+
+
+def test_writer_failure_leaves_no_file(tmp_path):
+    X, y = _data(n=20, d=2)
+    with pytest.raises(RuntimeError, match="boom"), ft.FeatureTableWriter(tmp_path / "w.parquet", ["a", "b"]) as w:
+        w.write(X)
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FeatureTableError, match="has no label"):
+        ft.FeatureTableWriter(tmp_path / "w.parquet", ["a", "b"]).write(X, y)

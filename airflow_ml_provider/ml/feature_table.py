@@ -3,13 +3,17 @@
 A feature table is what ``PreprocessOperator`` writes and what every trainer and the evaluation
 step read. Layout of one Parquet file:
 
-* ``features`` -- one column of type ``fixed_size_binary[4*d]``: each value is one row's ``d``
-  float32 numbers, little-endian. The column's data buffer is therefore exactly the row-major
-  ``(n, d)`` float32 matrix, and reading it back is ``np.frombuffer(...).reshape(n, d)`` on the
-  buffer Parquet decoded into: no per-column gather, no pandas block, no transpose, no copy.
-  (A ``fixed_size_list<float32>[d]`` column has the same buffer layout, but Parquet stores it as a
-  nested LIST with repetition/definition levels per number, which measured 5-9x slower to decode
-  here; the reader still accepts that layout. See docs/trainers.md for the figures.)
+* ``features`` -- one column of type ``fixed_size_list<float32 not null>[d]`` (Arrow's
+  ``FixedSizeList``): each value is one row's ``d`` float32 numbers. The list's child buffer is
+  exactly the row-major ``(n, d)`` float32 matrix, so reading it back is
+  ``values.to_numpy().reshape(n, d)`` on the buffer Parquet decoded into: no per-column gather, no
+  pandas block, no transpose, no copy. The column is self-describing: ``pyarrow.parquet.read_table``
+  -> ``to_pandas()`` gives one float32 array per row, and DuckDB or Spark read it as ``FLOAT[d]`` /
+  ``array<float>``. (Files written before this layout store the same bytes as an opaque
+  ``fixed_size_binary[4*d]`` column; they are still read, zero-copy too. Measured here on 400,000 x 40:
+  the list decodes in ~0.2 s vs ~0.05 s for the binary column -- Parquet stores a list with
+  repetition levels -- and writes in ~0.45 s vs ~0.15 s; the non-null element type keeps it there,
+  a nullable one decoded in ~0.8 s.)
 * ``label`` -- float32, optional (absent for unlabelled scoring tables).
 * any number of *extra* columns (ids, timestamps, list columns such as play histories) kept
   next to the features for grouping, joins or Word2Vec sentences.
@@ -148,6 +152,23 @@ def _extra_to_arrow(name: str, values: Any, n: int):
     return arr
 
 
+def features_type(d: int):
+    """The Arrow type of the ``features`` column: ``fixed_size_list<float32 not null>[d]``."""
+    import pyarrow as pa
+
+    return pa.list_(pa.field("item", pa.float32(), nullable=False), d)
+
+
+def features_array(X: np.ndarray):
+    """The ``features`` column of a C-contiguous ``(n, d)`` float32 matrix, wrapping its buffer (no copy)."""
+    import pyarrow as pa
+
+    n, d = X.shape
+    flat = np.ascontiguousarray(X, dtype="<f4").reshape(-1)  # no copy on little-endian hosts
+    values = pa.Array.from_buffers(pa.float32(), n * d, [None, pa.py_buffer(flat)])
+    return pa.FixedSizeListArray.from_arrays(values, type=features_type(d))
+
+
 def build_feature_table(
     X: np.ndarray,
     y: Any = None,
@@ -175,10 +196,7 @@ def build_feature_table(
 
     columns: dict[str, Any] = {}
     if d > 0:
-        le = np.ascontiguousarray(X.astype("<f4", copy=False))  # no copy on little-endian hosts
-        columns[FEATURES_COLUMN] = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(4 * d), n, [None, pa.py_buffer(le)]
-        )
+        columns[FEATURES_COLUMN] = features_array(X)
     label = None
     if y is not None:
         yv = np.asarray(y)
@@ -217,7 +235,7 @@ def build_feature_table(
         "n_rows": n,
         "label": label,
     }
-    schema_fields = [pa.field(k, v.type) for k, v in columns.items()]
+    schema_fields = [pa.field(k, v.type, nullable=k != FEATURES_COLUMN) for k, v in columns.items()]
     schema = pa.schema(schema_fields, metadata={METADATA_KEY: json.dumps(meta).encode()})
     if not columns:
         return pa.Table.from_batches([], schema=schema)
@@ -275,6 +293,104 @@ def write_feature_table(
     return str(target)
 
 
+class FeatureTableWriter:
+    """Write a feature table in row groups, one batch at a time (memory does not grow with rows).
+
+    ::
+
+        with FeatureTableWriter(path, feature_names, label=True, extra_schema=None) as w:
+            for X, y, extra in batches:
+                w.write(X, y, extra)
+
+    Every batch becomes one row group of the same layout :func:`write_feature_table` writes (its
+    ``n_rows`` metadata is ``null``: the Parquet footer has the count). The file is written under a
+    temporary name and renamed into place by a clean exit; on an exception it is removed, so no
+    partial table is ever visible. Local paths only (publish directories with ``storage``).
+
+    :param path: the local target path.
+    :param feature_names: the ``d`` unique feature names.
+    :param label: whether batches carry a label.
+    :param compression: Parquet codec (``snappy`` default).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        feature_names: Sequence[str],
+        *,
+        label: bool = False,
+        compression: str | None = "snappy",
+    ) -> None:
+        if not _is_local(path):
+            raise FeatureTableError(f"{os.fspath(path)}: FeatureTableWriter writes local paths only")
+        self.path = _local(path)
+        self.feature_names = [str(f) for f in feature_names]
+        dupes = sorted({f for f in self.feature_names if self.feature_names.count(f) > 1})
+        if dupes:
+            raise FeatureTableError(f"duplicate feature names: {dupes[:10]}")
+        self.label = label
+        self.compression = compression or "none"
+        self.n_rows = 0
+        self._writer = None
+        self._schema = None
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+    def write(self, X: np.ndarray, y: Any = None, extra_columns: Mapping[str, Any] | Any | None = None) -> None:
+        """Append one batch (one row group)."""
+        import pyarrow.parquet as pq
+
+        if (y is not None) != self.label:
+            raise FeatureTableError("every batch must carry a label" if self.label else "this table has no label")
+        table = build_feature_table(X, y, self.feature_names, extra_columns)
+        if self._writer is None:
+            meta = json.loads(table.schema.metadata[METADATA_KEY])
+            meta["n_rows"] = None
+            self._schema = table.schema.with_metadata({METADATA_KEY: json.dumps(meta).encode()})
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            use_dict = [c for c in self._schema.names if c not in _RESERVED] or False
+            self._writer = pq.ParquetWriter(
+                self._tmp, self._schema, compression=self.compression, use_dictionary=use_dict
+            )
+        elif table.schema.remove_metadata() != self._schema.remove_metadata():
+            try:  # e.g. an extra column that was all-null in the first batch
+                table = table.cast(self._schema)
+            except (ValueError, TypeError, NotImplementedError) as exc:  # ArrowInvalid is a ValueError
+                raise FeatureTableError(
+                    f"{self.path}: a batch's columns {table.schema.remove_metadata().types} do not match the "
+                    f"first batch's {self._schema.remove_metadata().types}: {exc}"
+                ) from None
+        if table.num_rows:
+            self._writer.write_table(table.replace_schema_metadata(self._schema.metadata), row_group_size=table.num_rows)
+        self.n_rows += table.num_rows
+
+    def close(self) -> str:
+        """Finish the file and rename it into place; returns the path."""
+        if self._writer is None:  # no batch at all: an empty table
+            write_feature_table(self.path, np.zeros((0, len(self.feature_names)), np.float32),
+                                np.zeros(0, np.float32) if self.label else None, self.feature_names)
+            return str(self.path)
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return str(self.path)
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            finally:
+                self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> FeatureTableWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def _read_meta(schema, where: str) -> dict:
     raw = (schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
@@ -312,6 +428,7 @@ def table_to_dataset(table, where: str = "<table>") -> Dataset:
         if n == 0:
             flat = np.zeros(0, dtype=np.float32)
         elif pa.types.is_fixed_size_binary(col.type) and col.type.byte_width == 4 * d:
+            # the layout written before the FixedSizeList one: the same bytes, opaque to other tools
             flat = np.frombuffer(arr.buffers()[1], dtype="<f4", count=n * d, offset=arr.offset * 4 * d)
             if not np.little_endian:  # pragma: no cover - big-endian hosts
                 flat = flat.astype(np.float32)
@@ -328,7 +445,7 @@ def table_to_dataset(table, where: str = "<table>") -> Dataset:
         else:
             raise FeatureTableError(
                 f"{where}: column {FEATURES_COLUMN!r} has type {col.type}, expected "
-                f"fixed_size_binary[{4 * d}] (or fixed_size_list<float>[{d}])"
+                f"fixed_size_list<float>[{d}] (or the older fixed_size_binary[{4 * d}])"
             )
         X = flat.reshape(n, d)
         if not X.flags.c_contiguous:  # pragma: no cover - reshape of a flat buffer is contiguous
