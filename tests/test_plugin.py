@@ -99,3 +99,90 @@ def test_plugin_pages_are_served_and_protected(tmp_path, airflow_home):
     # the Browse menu entries are registered
     names = json.dumps(out["plugins"])
     assert "ML models" in names and "ML dictionary" in names
+
+
+EMBEDDED_SCRIPT = r"""
+import json
+from fastapi.testclient import TestClient
+from airflow.api_fastapi.app import create_app
+
+client = TestClient(create_app())
+token = client.post("/auth/token", json={"username": "alice", "password": "s3cret-pw"}).json()["access_token"]
+h = {"Authorization": f"Bearer {token}"}
+out = {}
+r = client.get("/ml/api/models", headers=h)
+out["models"] = [r.status_code, r.json()]
+page = client.get("/ml/models", headers=h)
+out["models_page"] = [page.status_code, page.text]
+r = client.get("/ml/api/dictionary", headers=h)
+out["dictionary"] = [r.status_code, r.json()]
+page = client.get("/ml/dictionary", headers=h)
+out["dictionary_page"] = [page.status_code, page.text]
+print("RESULT " + json.dumps(out, default=str))
+"""
+
+
+def _api_server_env(tmp_path, airflow_home, **extra):
+    home = tmp_path / "airflow"
+    home.mkdir(exist_ok=True)
+    (home / "passwords.json").write_text(json.dumps({"alice": "s3cret-pw"}))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW_ML_", "AIRFLOW__ML__", "AIRFLOW__SECRETS__", "AIRFLOW__WORKERS__SECRETS"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{airflow_home}/airflow.db",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="alice:admin",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(home / "passwords.json"),
+        AIRFLOW__API_AUTH__JWT_SECRET="test-secret-for-plugin",
+        **extra,
+    )
+    return env
+
+
+def _run_script(env):
+    proc = subprocess.run([sys.executable, "-c", EMBEDDED_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def test_embedded_default_registry_and_unconfigured_dictionary(tmp_path, airflow_home):
+    """Only AIRFLOW_ML_HOME: the pages show the registry the DAGs publish to; no dictionary -> a hint."""
+    from airflow_ml_provider.ml.registry import ModelRegistry
+
+    ml_home = tmp_path / "ml"
+    ml_home.mkdir()
+    registry = ModelRegistry(f"sqlite:///{ml_home}/registry.db")
+    registry.publish(name="embedded_model", bundle_uri=f"file://{tmp_path}/b/1", framework="xgboost",
+                     metrics={"auc": 0.75}, dag_id="d", run_id="r1")
+    registry.dispose()
+    out = _run_script(_api_server_env(tmp_path, airflow_home, AIRFLOW_ML_HOME=str(ml_home)))
+    status, models = out["models"]
+    assert status == 200 and [m["name"] for m in models] == ["embedded_model"]
+    status, text = out["models_page"]
+    assert status == 200 and "embedded_model" in text and '{"detail"' not in text
+    status, body = out["dictionary"]
+    assert status == 404 and "No dictionary database is configured" in body["detail"]
+    status, text = out["dictionary_page"]
+    assert "No dictionary database is configured" in text and not text.lstrip().startswith("{")
+
+
+def test_dictionary_configured_through_the_ml_settings_only(tmp_path, airflow_home):
+    """AIRFLOW_ML_DICTIONARY (no [secrets] backend) is enough for the dictionary pages."""
+    from airflow_ml_provider.dictionary_store import DictionaryStore
+
+    url = f"sqlite:///{tmp_path}/dict.db"
+    store = DictionaryStore(url)
+    store.create_tables()
+    store.set("gate.min_auc", "0.7")
+    store.dispose()
+    out = _run_script(_api_server_env(tmp_path, airflow_home, AIRFLOW_ML_HOME=str(tmp_path / "ml"),
+                                      AIRFLOW_ML_DICTIONARY=url))
+    status, entries = out["dictionary"]
+    assert status == 200 and {e["key"]: e["value"] for e in entries} == {"gate.min_auc": "0.7"}
+    status, text = out["dictionary_page"]
+    assert status == 200 and "gate.min_auc" in text
+    status, models = out["models"]
+    assert status == 200 and models == []  # the embedded registry, empty so far
