@@ -67,7 +67,7 @@ airflow: install
 	$(PY) scripts/airflow_local.py start $(AIRFLOW_LOCAL_ARGS)
 
 airflow-stop:
-	@test -x $(PY) && $(PY) scripts/airflow_local.py stop || echo "no venv: nothing was started"
+	@if [ -x $(PY) ]; then $(PY) scripts/airflow_local.py stop; else echo "no venv: nothing was started"; fi
 
 airflow-status:
 	@$(PY) scripts/airflow_local.py status
@@ -79,4 +79,5 @@ lint: install
 	$(VENV)/bin/ruff check airflow_ml_provider dags tests bench scripts
 
 clean:
+	@if [ -x $(PY) ] && [ -f .airflow/stack.json ]; then $(PY) scripts/airflow_local.py stop; fi
 	rm -rf $(VENV) .demo .hdfs .airflow .services build *.egg-info

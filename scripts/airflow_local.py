@@ -88,6 +88,7 @@ class LocalStack:
         embedded default of ml/settings.py (SQLite ``dictionary.db`` in the ML home)
     :param dags_folder: default the repository's ``dags/``
     :param paused_at_creation: ``[core] dags_are_paused_at_creation``
+    :param ml_home: AIRFLOW_ML_HOME; default ``<home>/ml``
     """
 
     def __init__(
@@ -104,10 +105,11 @@ class LocalStack:
         dags_folder: str | os.PathLike | None = None,
         models: Iterable[str] = DEFAULT_MODELS,
         paused_at_creation: bool = True,
+        ml_home: str | os.PathLike | None = None,
     ) -> None:
         self.home = Path(home).resolve()
         self.airflow_home = self.home / "airflow"
-        self.ml_home = self.home / "ml"
+        self.ml_home = Path(ml_home).resolve() if ml_home else self.home / "ml"
         self.logs = self.home / "logs"
         self.state_file = self.home / "stack.json"
         self.api_port = api_port
