@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -168,8 +169,14 @@ def test_xgboost_direct_predict_matches_inplace_predict_bit_for_bit(xgb_run):
     loaded = load_predictor("xgboost", out)
     assert loaded._fast is not None  # in use with this xgboost
     X = np.ascontiguousarray(valid.X)
-    for part in (X[:1], X[:7], X, X[::2]):  # X[::2] is not C-contiguous: copied first
+    # same shapes with other data in turn (the per-thread proxy DMatrix is reused), other shapes,
+    # and X[::2], which is not C-contiguous (copied first)
+    for part in (X[:1], X[5:6], X[:7], X[7:14], X[:7], X, X[::2], X[:1]):
         assert np.array_equal(loaded.predict(part), loaded._library_predict(np.ascontiguousarray(part)))
+    with ThreadPoolExecutor(4) as pool:  # concurrent calls: a proxy per thread
+        outs = list(pool.map(loaded.predict, [X[i:i + 3] for i in range(0, 60, 3)] * 5))
+    assert np.array_equal(np.concatenate(outs[:20]), loaded._library_predict(np.ascontiguousarray(X[:60])))
+    assert all(np.array_equal(a, b) for a, b in zip(outs, outs[20:]))
 
 
 def test_xgboost_direct_predict_falls_back_when_it_disagrees(xgb_run, monkeypatch):

@@ -262,49 +262,71 @@ class XGBoostTrainer:
             callbacks=[_make_callback(log, opt["log_every"], opt["num_boost_round"])],
         )
         seconds = time.perf_counter() - t0
-        rounds_done = booster.num_boosted_rounds()
-        best = getattr(booster, "best_iteration", None) if opt["early_stopping_rounds"] else None
-        if best is None:
-            best = rounds_done - 1
-        best = int(best)
-        booster, sliced = _served_trees(booster, best, log)
-        if _valid_feature_names(train.feature_names):
-            booster.feature_names = list(train.feature_names)
-        model_file = f"model.{opt['model_format']}"
-        tmp = out / f".tmp-model.{opt['model_format']}"  # keep the extension: it selects the format
-        booster.save_model(str(tmp))
-        os.replace(tmp, out / model_file)
-        log(
-            f"trained {rounds_done} rounds in {seconds:.2f}s; best iteration {best}; wrote {out / model_file}"
-            + (f" (the {best + 1} rounds up to the best iteration)" if sliced else "")
-        )
+        return save_trained(booster, history, booster_params, opt, list(train.feature_names), out, seconds, log)
 
-        task = task_of(str(booster_params["objective"]))
-        result = TrainResult(
-            framework=FRAMEWORK,
-            model_files=[model_file, "metadata.json"],
-            params={
-                **booster_params,
-                **{k: v for k, v in opt.items() if k != "missing"},
-                "missing": None if math.isnan(opt["missing"]) else opt["missing"],
-            },
-            library_versions=library_versions("xgboost"),
-            best_iteration=best,
-            history={k: {m: [float(x) for x in v] for m, v in d.items()} for k, d in history.items()},
-            feature_names=list(train.feature_names),
-            task=task,
-            out_dir=str(out),
-            extra={
-                "num_boosted_rounds": rounds_done,
-                "saved_rounds": booster.num_boosted_rounds(),
-                "train_seconds": round(seconds, 4),
-                "predict_method": "inplace_predict",
-                "iteration_range": [0, best + 1],
-            },
-        )
-        write_metadata(out, result, {"model_file": model_file})
-        result.predictor = XGBoostPredictor(booster, result.feature_names, task, best, opt["missing"])
-        return result
+
+def save_trained(
+    booster,
+    history: Mapping[str, Mapping[str, Any]],
+    booster_params: Mapping[str, Any],
+    opt: Mapping[str, Any],
+    feature_names: list[str],
+    out: Path,
+    seconds: float,
+    log: LogFn,
+    extra: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """Save a trained booster as every xgboost model directory is saved (model file + metadata.json)
+    and return its :class:`TrainResult` with the in-memory predictor.
+
+    The one place that decides the saved format: the single-process trainer, the Dask trainer and
+    the external-memory trainer (:mod:`airflow_ml_provider.ml.trainers.xgboost_dask`) all end here,
+    so their models bundle and serve the same way.
+    """
+    rounds_done = booster.num_boosted_rounds()
+    best = getattr(booster, "best_iteration", None) if opt["early_stopping_rounds"] else None
+    if best is None:
+        best = rounds_done - 1
+    best = int(best)
+    booster, sliced = _served_trees(booster, best, log)
+    if _valid_feature_names(feature_names):
+        booster.feature_names = list(feature_names)
+    model_file = f"model.{opt['model_format']}"
+    tmp = out / f".tmp-model.{opt['model_format']}"  # keep the extension: it selects the format
+    booster.save_model(str(tmp))
+    os.replace(tmp, out / model_file)
+    log(
+        f"trained {rounds_done} rounds in {seconds:.2f}s; best iteration {best}; wrote {out / model_file}"
+        + (f" (the {best + 1} rounds up to the best iteration)" if sliced else "")
+    )
+
+    task = task_of(str(booster_params["objective"]))
+    result = TrainResult(
+        framework=FRAMEWORK,
+        model_files=[model_file, "metadata.json"],
+        params={
+            **booster_params,
+            **{k: v for k, v in opt.items() if k != "missing"},
+            "missing": None if math.isnan(opt["missing"]) else opt["missing"],
+        },
+        library_versions=library_versions("xgboost"),
+        best_iteration=best,
+        history={k: {m: [float(x) for x in v] for m, v in d.items()} for k, d in history.items()},
+        feature_names=list(feature_names),
+        task=task,
+        out_dir=str(out),
+        extra={
+            "num_boosted_rounds": rounds_done,
+            "saved_rounds": booster.num_boosted_rounds(),
+            "train_seconds": round(seconds, 4),
+            "predict_method": "inplace_predict",
+            "iteration_range": [0, best + 1],
+            **dict(extra or {}),
+        },
+    )
+    write_metadata(out, result, {"model_file": model_file})
+    result.predictor = XGBoostPredictor(booster, result.feature_names, task, best, opt["missing"])
+    return result
 
 
 def _served_trees(booster, best: int, log: LogFn):
@@ -336,7 +358,9 @@ class _DensePredict:
     thread): ``inplace_predict`` spends ~110 us of its ~200 us per single-row call in Python --
     re-encoding the same JSON config, checking a dozen input types, a class built per call -- before
     the C call, which is the same ``XGBoosterPredictFromDense`` this calls with the config encoded
-    once. The scores are the library's own; :meth:`XGBoostPredictor._fast_or_none` compares them
+    once. It also passes a proxy DMatrix kept per thread: without one the C side makes a new proxy
+    per call, whose set-up reads the cgroup CPU quota files (``strace``: 3 stat + 2 open/read/close
+    per call; 35-60 us, more on a busy machine). The scores are the library's own; :meth:`XGBoostPredictor._fast_or_none` compares them
     bit for bit with ``inplace_predict`` when the predictor is made and falls back to it on any
     difference or error (a future xgboost that changes this C API then only loses the speed-up).
     """
@@ -365,12 +389,14 @@ class _DensePredict:
         out = getattr(local, "out", None)
         if out is None:
             shape, dims, preds = ctypes.POINTER(self._ulong)(), self._ulong(), ctypes.POINTER(ctypes.c_float)()
-            out = local.out = (shape, dims, preds, ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(preds))
-        shape, dims, preds, shape_ref, dims_ref, preds_ref = out
+            out = local.out = (shape, dims, preds, ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(preds),
+                               _proxy())
+        shape, dims, preds, shape_ref, dims_ref, preds_ref, proxy = out
         n, m = X.shape
         interface = (f'{{"data":[{X.ctypes.data},true],"shape":[{n},{m}],"strides":null,'
                      f'"typestr":"<f4","version":3}}').encode()
-        if self._call(self._handle, interface, self._config, None, shape_ref, dims_ref, preds_ref) != 0:
+        handle = proxy.handle if proxy is not None else None
+        if self._call(self._handle, interface, self._config, handle, shape_ref, dims_ref, preds_ref) != 0:
             from xgboost.core import XGBoostError, _LIB
 
             raise XGBoostError(_LIB.XGBGetLastError().decode())
@@ -381,6 +407,16 @@ class _DensePredict:
             size *= d
         # copy out of xgboost's per-thread buffer (the next call in this thread reuses it)
         return np.ctypeslib.as_array(preds, shape=(size,)).copy().reshape(out_shape)
+
+
+def _proxy():
+    """A proxy DMatrix for the C predict call (None, i.e. one made per call, if this xgboost has none)."""
+    try:
+        from xgboost.core import _ProxyDMatrix
+
+        return _ProxyDMatrix()
+    except Exception:  # noqa: BLE001
+        return None
 
 
 class XGBoostPredictor:
