@@ -12,6 +12,10 @@
     X = fitted.transform(df)                  # float32 matrix, columns fitted.feature_names
     x = fitted.transform_row({"price": 3.5})  # float32 vector, bit-identical to the batch row
 
+    # Parquet larger than memory: fit from mergeable statistics, transform by row group
+    fitted = fit_parquet(spec, "train.parquet")
+    transform_parquet(fitted, "test.parquet", "test_features.parquet")
+
 See docs/features.md for the spec format and every transformer.
 """
 
@@ -19,6 +23,7 @@ from .errors import FeatureError, FeatureSpecError, FeatureTypeError, MissingFea
 from .fitted import FORMAT_VERSION, FittedSpec, fit, fit_transform
 from .registry import ENTRY_POINT_GROUP, available_transformers, get_transformer_class
 from .spec import FeatureDef, FeatureSpec
+from .streaming import fit_parquet, transform_parquet
 from .transformers import KeyTransformer, NumericTransformer, Option, OptionError, Transformer
 from .values import stable_hash
 
@@ -45,8 +50,10 @@ __all__ = [
     "Transformer",
     "available_transformers",
     "fit",
+    "fit_parquet",
     "fit_transform",
     "get_transformer_class",
     "load_fitted",
     "stable_hash",
+    "transform_parquet",
 ]

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .stats import DEFAULT_QUANTILE_CAP, ExactMoments, QuantileSample
 from .values import (
     INF,
     NAN,
@@ -168,6 +169,33 @@ class ListColumn:
         return self.n_rows
 
 
+def _concat_keys(parts: list[KeyColumn]) -> KeyColumn:
+    position: dict = {}
+    codes = []
+    for kc in parts:
+        remap = np.fromiter((position.setdefault(k, len(position)) for k in kc.keys), dtype=np.intp,
+                            count=len(kc.keys))
+        codes.append(remap[kc.codes] if len(kc.codes) else np.zeros(0, dtype=np.intp))
+    return KeyColumn(list(position), np.concatenate(codes) if codes else np.zeros(0, dtype=np.intp))
+
+
+def concat_batches(parts: list, kind: str) -> Any:
+    """Join batch forms of one input kind (the default streamed fit of a custom transformer)."""
+    if kind == NUMERIC:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
+    if kind == CATEGORICAL:
+        return _concat_keys(parts)
+    if kind == CROSS:
+        return [_concat_keys(list(cols)) for cols in zip(*parts)] if parts else []
+    offsets = np.cumsum([0] + [p.n_rows for p in parts])
+    rows = [p.rows + off for p, off in zip(parts, offsets)]
+    return ListColumn(
+        int(offsets[-1]),
+        np.concatenate(rows) if rows else np.zeros(0, dtype=np.intp),
+        _concat_keys([p.elements for p in parts]),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Base classes
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +233,31 @@ class Transformer:
     # -- state --------------------------------------------------------------------------------
     def fit(self, values: Any) -> None:
         """Learn the state from the batch form of the input."""
+
+    # -- streamed fit (see docs/features.md, "Streamed preprocessing") ---------------------------
+    def needs_fit(self) -> bool:
+        """Whether the state depends on the data (False: no pass over the data is needed)."""
+        return type(self).fit is not Transformer.fit
+
+    def begin_fit(self, quantile_cap: int | None = DEFAULT_QUANTILE_CAP) -> None:
+        """Start a streamed fit: :meth:`partial_fit` per batch, then :meth:`finish_fit`.
+
+        The built-in transformers accumulate mergeable statistics (:mod:`.stats`) and end with the
+        very state :meth:`fit` learns from all the rows at once. This default, for a custom
+        transformer that only implements :meth:`fit`, keeps the batches and calls :meth:`fit` on
+        them joined, so its memory grows with the rows; override the three methods to stream.
+        """
+        self._fit_batches: list = []
+
+    def partial_fit(self, values: Any) -> None:
+        """Accumulate one batch (the batch form of the input)."""
+        self._fit_batches.append(values)
+
+    def finish_fit(self) -> None:
+        """Set the state from what :meth:`partial_fit` accumulated."""
+        batches = self.__dict__.pop("_fit_batches", [])
+        if batches or self.needs_fit():
+            self.fit(concat_batches(batches, self.input_kind))
 
     def get_state(self) -> dict:
         return {}
@@ -319,6 +372,18 @@ def _finite(x: np.ndarray) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
+def _fit_whole(t: Transformer, values: Any) -> None:
+    """The in-memory fit of a built-in: its streamed fit over one batch, every value kept for quantiles."""
+    t.begin_fit(quantile_cap=None)
+    t.partial_fit(values)
+    t.finish_fit()
+
+
+def _merge_counts(total: dict[str, int], counts: dict[str, int]) -> None:
+    for k, n in counts.items():
+        total[k] = total.get(k, 0) + n
+
+
 class FillMissing(Transformer):
     name = "fill_missing"
     version = 1
@@ -359,19 +424,35 @@ class FillMissing(Transformer):
                     raise OptionError("value", "must not be empty (an empty value is a missing one)")
 
     def fit(self, values: Any) -> None:
+        _fit_whole(self, values)
+
+    def needs_fit(self) -> bool:
+        return self.opts["strategy"] != "constant"
+
+    def begin_fit(self, quantile_cap: int | None = DEFAULT_QUANTILE_CAP) -> None:
         strategy = self.opts["strategy"]
-        if strategy == "mean":
-            x = _finite(values)
-            with np.errstate(all="ignore"):
-                self._fill = float(np.mean(x)) if len(x) else 0.0
-            if not math.isfinite(self._fill):  # the sum overflowed
-                self._fill = 0.0
-        elif strategy == "median":
-            x = _finite(values)
-            self._fill = float(np.median(x)) if len(x) else 0.0
+        self._acc = (
+            ExactMoments(squares=False) if strategy == "mean"
+            else QuantileSample(quantile_cap) if strategy == "median"
+            else {} if strategy == "most_frequent"
+            else None
+        )
+
+    def partial_fit(self, values: Any) -> None:
+        strategy = self.opts["strategy"]
+        if strategy in ("mean", "median"):
+            self._acc.update(_finite(values))
         elif strategy == "most_frequent":
-            counts = values.counts()
-            self._fill = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0] if counts else None
+            _merge_counts(self._acc, values.counts())
+
+    def finish_fit(self) -> None:
+        strategy, acc = self.opts["strategy"], self.__dict__.pop("_acc", None)
+        if strategy == "mean":
+            self._fill = acc.mean() if acc.n else 0.0  # the exact mean: finite whenever the values are
+        elif strategy == "median":
+            self._fill = acc.median() if acc.n else 0.0
+        elif strategy == "most_frequent":
+            self._fill = min(acc.items(), key=lambda kv: (-kv[1], kv[0]))[0] if acc else None
 
     def get_state(self) -> dict:
         return {"value": self._fill}
@@ -463,10 +544,27 @@ class Standardize(NumericTransformer):
         self._std = None
 
     def fit(self, x: np.ndarray) -> None:
-        f = _finite(x)
-        with np.errstate(all="ignore"):
-            mean = float(np.mean(f)) if len(f) else 0.0
-            std = float(np.std(f)) if len(f) else 1.0
+        _fit_whole(self, x)
+
+    def needs_fit(self) -> bool:
+        o = self.opts
+        return (o["with_mean"] and o.get("mean") is None) or (o["with_std"] and o.get("std") is None)
+
+    def begin_fit(self, quantile_cap: int | None = DEFAULT_QUANTILE_CAP) -> None:
+        o = self.opts
+        self._acc = ExactMoments(squares=o["with_std"] and o.get("std") is None) if self.needs_fit() else None
+
+    def partial_fit(self, x: np.ndarray) -> None:
+        if self._acc is not None:
+            self._acc.update(_finite(x))
+
+    def finish_fit(self) -> None:
+        acc = self.__dict__.pop("_acc", None)
+        # exact statistics (stats.ExactMoments): the correctly rounded mean and population std
+        if acc is not None and acc.n:
+            mean, std = acc.mean(), (acc.std() if acc.squares else 1.0)
+        else:
+            mean, std = 0.0, 1.0
         if self.opts.get("mean") is not None:
             mean = self.opts["mean"]
         if self.opts.get("std") is not None:
@@ -510,9 +608,25 @@ class MinMax(NumericTransformer):
         self._range = None
 
     def fit(self, x: np.ndarray) -> None:
+        _fit_whole(self, x)
+
+    def needs_fit(self) -> bool:
+        return self.opts.get("min") is None or self.opts.get("max") is None
+
+    def begin_fit(self, quantile_cap: int | None = DEFAULT_QUANTILE_CAP) -> None:
+        self._acc = [math.inf, -math.inf, 0]
+
+    def partial_fit(self, x: np.ndarray) -> None:
         f = _finite(x)
-        lo = float(np.min(f)) if len(f) else 0.0
-        hi = float(np.max(f)) if len(f) else 1.0
+        if len(f):
+            acc = self._acc
+            acc[0] = min(acc[0], float(np.min(f)))
+            acc[1] = max(acc[1], float(np.max(f)))
+            acc[2] += len(f)
+
+    def finish_fit(self) -> None:
+        acc = self.__dict__.pop("_acc", None) or [math.inf, -math.inf, 0]
+        lo, hi = (acc[0], acc[1]) if acc[2] else (0.0, 1.0)
         if self.opts.get("min") is not None:
             lo = self.opts["min"]
         if self.opts.get("max") is not None:
@@ -570,13 +684,25 @@ class Bucketize(Transformer):
         return ONE_HOT if self.opts["output"] == "one_hot" else NUMERIC
 
     def fit(self, x: np.ndarray) -> None:
-        if self.opts.get("edges") is not None:
+        _fit_whole(self, x)
+
+    def needs_fit(self) -> bool:
+        return self.opts.get("edges") is None
+
+    def begin_fit(self, quantile_cap: int | None = DEFAULT_QUANTILE_CAP) -> None:
+        self._acc = QuantileSample(quantile_cap) if self.needs_fit() else None
+
+    def partial_fit(self, x: np.ndarray) -> None:
+        if self._acc is not None:
+            self._acc.update(_finite(x))
+
+    def finish_fit(self) -> None:
+        acc = self.__dict__.pop("_acc", None)
+        if acc is None:
             return
-        f = _finite(x)
         num = self.opts["num_buckets"]
-        if len(f):
-            with np.errstate(all="ignore"):
-                qs = np.quantile(f, [i / num for i in range(1, num)])
+        if acc.n:
+            qs = acc.quantiles([i / num for i in range(1, num)])  # exact up to the cap (stats.py)
             edges = sorted({float(q) for q in qs if math.isfinite(q)})
         else:
             edges = [0.0]
@@ -659,9 +785,22 @@ class Vocabulary(_IndexOutput):
         self._lookup = {k: i + n_oov for i, k in enumerate(self._vocab)}
 
     def fit(self, values: KeyColumn) -> None:
-        if self.opts.get("values") is not None:
-            return
-        self._set_vocab(fit_vocabulary(values.counts(), self.opts.get("top_k"), self.opts["min_frequency"]))
+        _fit_whole(self, values)
+
+    def needs_fit(self) -> bool:
+        return self.opts.get("values") is None
+
+    def begin_fit(self, quantile_cap: int | None = DEFAULT_QUANTILE_CAP) -> None:
+        self._acc: dict[str, int] = {}
+
+    def partial_fit(self, values: KeyColumn) -> None:
+        if self.needs_fit():
+            _merge_counts(self._acc, values.counts())
+
+    def finish_fit(self) -> None:
+        counts = self.__dict__.pop("_acc", {})
+        if self.needs_fit():
+            self._set_vocab(fit_vocabulary(counts, self.opts.get("top_k"), self.opts["min_frequency"]))
 
     def get_state(self) -> dict:
         return {"vocabulary": self._vocab}
@@ -799,11 +938,15 @@ class MultiHot(Transformer):
         return MULTI_HOT
 
     def fit(self, values: ListColumn) -> None:
-        if self.opts.get("values") is not None:
-            return
-        self._set_vocab(
-            fit_vocabulary(values.elements.counts(), self.opts.get("top_k"), self.opts["min_frequency"])
-        )
+        _fit_whole(self, values)
+
+    needs_fit = Vocabulary.needs_fit
+    begin_fit = Vocabulary.begin_fit
+    finish_fit = Vocabulary.finish_fit
+
+    def partial_fit(self, values: ListColumn) -> None:
+        if self.needs_fit():
+            _merge_counts(self._acc, values.elements.counts())
 
     def get_state(self) -> dict:
         return {"vocabulary": self._vocab}
@@ -891,6 +1034,7 @@ BUILTIN_TRANSFORMERS: dict[str, type[Transformer]] = {
 
 __all__ = [
     "BUILTIN_TRANSFORMERS",
+    "concat_batches",
     "CATEGORICAL",
     "CROSS",
     "LIST",
