@@ -82,10 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         stamp.write_text(version)
 
     _step(f"Generating the synthetic audio-platform data set ({args.events} play events) into {ml_home / 'audio.db'}")
-    from airflow_ml_provider.ml.datasets.audio import load_audio_dataset
-
-    counts = load_audio_dataset(ml_home / "audio.db", events=args.events)
-    print("   " + ", ".join(f"{t}: {n}" for t, n in counts.items()))
+    # the same command as `make airflow` and docker-compose's ml-data service (default: $AIRFLOW_ML_HOME/audio.db)
+    proc = subprocess.run([str(Path(sys.executable).parent / "airflow-ml"), "datasets", "audio",
+                           "--events", str(args.events)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr.strip(), file=sys.stderr)
+        return 1
+    print("   " + proc.stdout.strip())
 
     _step(f"airflow dags test {DAG_ID}  (sample -> preprocess -> train -> evaluate -> publish)")
     t0 = time.time()
