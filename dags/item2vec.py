@@ -42,10 +42,11 @@ from datetime import datetime
 from airflow.sdk import DAG, Param
 
 from airflow_ml_provider.disabled_tasks import disabled_tasks_param
+from airflow_ml_provider.ml import settings
 from airflow_ml_provider.operators.sample import SampleOperator
 from airflow_ml_provider.operators.train import Word2VecTrainOperator
 
-ML_HOME = os.environ.get("AIRFLOW_ML_HOME") or os.path.join(os.path.expanduser("~"), "airflow-ml")
+ML_HOME = settings.resolve().home  # [ml] home, $AIRFLOW_ML_HOME, else ~/airflow-ml (docs/configuration.md)
 SOURCE_CONN_ID = os.environ.get("AIRFLOW_ML_SOURCE_CONN_ID") or "ml_audio_sqlite"
 if SOURCE_CONN_ID == "ml_audio_sqlite":
     os.environ.setdefault(

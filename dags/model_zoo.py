@@ -36,6 +36,7 @@ from typing import Any
 from airflow.sdk import DAG, Param
 
 from airflow_ml_provider.disabled_tasks import disabled_tasks_param
+from airflow_ml_provider.ml import settings
 from airflow_ml_provider.ml.datasets import SQL_DIR
 from airflow_ml_provider.operators.evaluate import EvaluateOperator
 from airflow_ml_provider.operators.preprocess import PreprocessOperator
@@ -43,7 +44,7 @@ from airflow_ml_provider.operators.publish import PublishModelOperator
 from airflow_ml_provider.operators.sample import SampleOperator
 from airflow_ml_provider.operators.train import TrainModelOperator
 
-ML_HOME = os.environ.get("AIRFLOW_ML_HOME") or os.path.join(os.path.expanduser("~"), "airflow-ml")
+ML_HOME = settings.resolve().home  # [ml] home, $AIRFLOW_ML_HOME, else ~/airflow-ml (docs/configuration.md)
 MODEL_NAME = os.environ.get("AIRFLOW_ML_MODEL_NAME") or "audio_listen_30s"
 FEATURE_SPEC = os.environ.get("AIRFLOW_ML_FEATURE_SPEC") or "specs/audio_recommendation.yaml"
 SOURCE_CONN_ID = os.environ.get("AIRFLOW_ML_SOURCE_CONN_ID") or "ml_audio_sqlite"
