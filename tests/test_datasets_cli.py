@@ -37,9 +37,14 @@ def test_default_is_the_ml_home_the_dag_reads(tmp_path):
     db = home / "audio.db"
     assert counts(db)["play_events"] == 1500 and counts(db)["users"] == 200
     assert str(db) in proc.stdout
-    # the example DAG's embedded default source is that same file
-    dag = (REPO / "dags" / "xgboost_recommendation.py").read_text()
-    assert 'os.path.join(ML_HOME, "audio.db")' in dag
+    # the example DAG's embedded default source is that same file (parse the DAG file and ask it)
+    probe = ("import json, os, runpy; runpy.run_path('dags/xgboost_recommendation.py'); "
+             "print(json.loads(os.environ['AIRFLOW_CONN_ML_AUDIO_SQLITE'])['host'])")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_ML_", "AIRFLOW__ML__", "AIRFLOW_CONN_"))}
+    parsed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env={**base, "PYTHONPATH": str(REPO), "AIRFLOW_ML_HOME": str(home)})
+    assert parsed.returncode == 0, parsed.stderr[-2000:]
+    assert Path(parsed.stdout.strip().splitlines()[-1]) == db
     # the training query runs on it
     sql = (REPO / "airflow_ml_provider" / "ml" / "datasets" / "audio_training.sql").read_text()
     con = sqlite3.connect(str(db))
