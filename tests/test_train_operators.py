@@ -339,16 +339,38 @@ def test_word2vec_from_a_sequence_column_and_errors(home, tmp_path):
     assert not (home / "storage" / "runs" / "unit_train" / "w2v_bad").exists()
 
 
-def test_word2vec_is_not_evaluated_or_published_as_a_scorer(home, w2v):
+def test_word2vec_is_not_evaluated_but_published_as_an_embedding_bundle(home, w2v):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from airflow_ml_provider.ml.bundle import load_bundle
+    from airflow_ml_provider.ml.trainers import load_predictor
+
     out, x = w2v
     xcoms = {**x, "train": out}
     with pytest.raises(ValueError, match="word2vec embedding .* no score to evaluate"):
         EvaluateOperator(task_id="evaluate", model_name="unit_w2v", champion=False).execute(ctx(xcoms, run_id="w2v_ev"))
+    registry = f"sqlite:///{home}/w2v_registry.db"
+    # a hit-rate gate the embeddings fail: skipped, nothing published
+    strict = PublishModelOperator(task_id="publish", model_name="unit_w2v", input_task_id=None,
+                                  preprocess_task_id=None, registry=registry, min_hit_rate_ratio=1000)
+    with pytest.raises(AirflowSkipException, match=r"gate failed: next-item hit rate@5 .* < 1000.0 x the most-popular"):
+        strict.execute(ctx(xcoms, run_id="w2v_gate"))
+    assert ModelRegistry(registry).list() == []
+    # gates they pass (at least the popularity baseline): an embedding bundle, registered like any model
     pub = PublishModelOperator(task_id="publish", model_name="unit_w2v", input_task_id=None,
-                               registry=f"sqlite:///{home}/w2v_registry.db")
-    with pytest.raises(ValueError, match="word2vec embeddings have no fitted feature spec"):
-        pub.execute(ctx(xcoms, run_id="w2v_pub"))
-    assert ModelRegistry(f"sqlite:///{home}/w2v_registry.db").list() == []
+                               preprocess_task_id=None, registry=registry, min_hit_rate=0.1, min_hit_rate_ratio="1.0")
+    rec = pub.execute(ctx(xcoms, run_id="w2v_pub"))
+    assert tuple(rec) == RECORD_KEYS["publish"] and rec["version"] == 1 and rec["evaluated"] is True
+    [row] = ModelRegistry(registry).list()
+    assert (row.name, row.version, row.framework, row.checksum) == ("unit_w2v", 1, "word2vec", rec["checksum"])
+    bundle = load_bundle(Path(rec["uri"]))
+    assert bundle.kind == "embedding" and bundle.fitted_spec_path is None
+    assert bundle.metrics["hit_rate"] == out["hit_rate"] and bundle.metrics["pairs"] > 0
+    assert bundle.metadata["training_data_uri"] == x["sample"]["train"]
+    assert {"model/vectors.npy", "model/vocabulary.json"} <= set(bundle.manifest["files"])
+    served = load_predictor("word2vec", bundle.model_dir)
+    trained = load_predictor("word2vec", Path(out["uri"]))
+    assert served.items == trained.items and np.array_equal(served.vectors_, trained.vectors_)
 
 
 def test_build_sequences_orders_by_time():

@@ -9,6 +9,18 @@ A bundle is a directory::
     metadata.json       framework, library versions, spec_hash, training data URI, dag_id, run_id, ...
     manifest.json       the sha256 and size of every other file, and the bundle checksum
 
+That is the ``model`` kind (a scorer of feature vectors). An ``embedding`` bundle
+(:data:`KIND_EMBEDDING`, e.g. item2vec) has no fitted spec: its inputs are item ids, not features::
+
+    model/vectors.npy        float32 (n_items, dim): the raw vectors, row i = the i-th item
+    model/vocabulary.json    {"items": [id, ...], "counts": [...]}: the item ids in row order
+    model/...                the trainer's other files (word2vec.bin, metadata.json)
+    metrics.json, charts/, metadata.json, manifest.json   as above
+
+Every file is checksummed in the manifest like any other. The manifest names the kind
+(``"kind"``; a manifest without one is a ``model`` bundle) and so does ``metadata.json``
+(``bundle_kind``, inside the checksum). The service L2-normalises a copy of the vectors at load.
+
 The bundle checksum is the sha256 of the sorted ``<path>\\0<sha256>\\n`` lines of every file but
 ``manifest.json``. The manifest also records when the bundle was built; that timestamp is outside
 the checksum, so building again from the same inputs gives the same checksum -- which is what makes
@@ -40,6 +52,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "KIND_EMBEDDING",
+    "check_embedding_files",
+    "KIND_MODEL",
     "SPEC_HASH_KEY",
     "Bundle",
     "BundleConflictError",
@@ -64,6 +79,13 @@ MODEL_DIR = "model"
 CHARTS_DIR = "charts"
 #: the metadata.json key of the fitted spec's content hash (FittedSpec.content_hash, "sha256:<hex>")
 SPEC_HASH_KEY = "spec_hash"
+#: bundle kinds: a scorer of feature vectors (with a fitted spec), or item embeddings (no spec)
+KIND_MODEL = "model"
+KIND_EMBEDDING = "embedding"
+BUNDLE_KINDS = (KIND_MODEL, KIND_EMBEDDING)
+#: the files an embedding bundle's model/ must hold (as the word2vec trainer writes them)
+EMBEDDING_VECTORS = "vectors.npy"
+EMBEDDING_VOCABULARY = "vocabulary.json"
 _CHUNK = 1 << 20
 
 #: The Python distributions whose versions a bundle records, per framework.
@@ -95,11 +117,12 @@ class Bundle:
     manifest: dict[str, Any]
     framework: str
     model_dir: Path
-    fitted_spec_path: Path
+    fitted_spec_path: Path | None  # None for an embedding bundle
     metrics: dict[str, Any]
     metadata: dict[str, Any]
     checksum: str
     charts: list[Path] = field(default_factory=list)
+    kind: str = KIND_MODEL
 
     @property
     def created_at(self) -> str | None:
@@ -234,7 +257,7 @@ def build_bundle(
     out_dir: str | os.PathLike[str],
     *,
     model_dir: str | os.PathLike[str],
-    fitted_spec: Any,
+    fitted_spec: Any = None,
     framework: str,
     metrics: Mapping[str, Any] | str | os.PathLike[str] | None = None,
     charts: Iterable[str | os.PathLike[str]]
@@ -243,6 +266,7 @@ def build_bundle(
     | os.PathLike[str]
     | None = None,
     metadata: Mapping[str, Any] | None = None,
+    kind: str = KIND_MODEL,
 ) -> dict[str, Any]:
     """Lay out a bundle in ``out_dir`` (created; must be empty or missing) and return its manifest.
 
@@ -257,10 +281,20 @@ def build_bundle(
         the spec file) are added; a ``metadata[SPEC_HASH_KEY]`` given here must equal the spec file's.
         Pass ``created_at`` yourself if you want it in the checksummed metadata; the build time
         always goes to the manifest.
+    :param kind: ``model`` (default: a fitted spec is required) or ``embedding`` (no fitted spec;
+        ``model_dir`` must hold ``vectors.npy``, float32 ``(n, d)``, and ``vocabulary.json`` naming
+        the ``n`` items in row order -- checked here).
     """
     out = Path(out_dir)
     if not framework or not isinstance(framework, str):
         raise BundleError("build_bundle: framework must be a non-empty string")
+    if kind not in BUNDLE_KINDS:
+        raise BundleError(f"build_bundle: unknown bundle kind {kind!r}; known: {', '.join(BUNDLE_KINDS)}")
+    if kind == KIND_EMBEDDING and fitted_spec is not None:
+        raise BundleError("build_bundle: an embedding bundle has no fitted spec (fitted_spec must be None)")
+    if kind == KIND_MODEL and fitted_spec is None:
+        raise BundleError("build_bundle: a model bundle needs its fitted spec (fitted_spec); item embeddings "
+                          "are published with kind='embedding'")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"bundle output directory {out} exists and is not empty")
     src_model = Path(model_dir)
@@ -268,6 +302,8 @@ def build_bundle(
         raise BundleError(f"model directory {src_model} does not exist or is not a directory")
     if not any(p.is_file() for p in src_model.rglob("*")):
         raise BundleError(f"model directory {src_model} holds no files")
+    if kind == KIND_EMBEDDING:
+        check_embedding_files(src_model)
 
     chart_files = _chart_files(charts)
     metrics_data = _metrics_data(metrics)
@@ -276,7 +312,10 @@ def build_bundle(
     try:
         shutil.copytree(src_model, out / MODEL_DIR, symlinks=False)
         spec_dst = out / FITTED_SPEC
-        if isinstance(fitted_spec, (str, os.PathLike)):
+        spec_doc: Any = None
+        if fitted_spec is None:
+            pass  # an embedding bundle (checked above)
+        elif isinstance(fitted_spec, (str, os.PathLike)):
             src_spec = Path(fitted_spec)
             if not src_spec.is_file():
                 raise BundleError(f"fitted spec {src_spec} does not exist")
@@ -288,7 +327,8 @@ def build_bundle(
                 f"fitted_spec must be a path or an object with save(path), got {type(fitted_spec).__name__}"
             )
         try:
-            spec_doc = json.loads(spec_dst.read_text(encoding="utf-8"))
+            if fitted_spec is not None:
+                spec_doc = json.loads(spec_dst.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise BundleError(f"fitted spec {fitted_spec} is not valid JSON: {exc}") from None
         spec_hash = spec_doc.get("content_hash") if isinstance(spec_doc, dict) else None
@@ -311,9 +351,11 @@ def build_bundle(
         meta["framework"] = framework
         meta.setdefault("library_versions", library_versions(framework))
         meta["bundle_format"] = FORMAT_VERSION
+        if kind != KIND_MODEL:  # (a model bundle's metadata stays as it was: same checksums)
+            meta["bundle_kind"] = kind
         _dump_json(out / METADATA, meta)
 
-        manifest = _make_manifest(out, framework)
+        manifest = _make_manifest(out, framework, kind)
         _dump_json(out / MANIFEST, manifest)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
@@ -321,7 +363,37 @@ def build_bundle(
     return manifest
 
 
-def _make_manifest(root: Path, framework: str) -> dict[str, Any]:
+def check_embedding_files(model_dir: str | os.PathLike[str]) -> tuple[int, int]:
+    """Check an embedding model directory: ``vectors.npy`` float32 ``(n, d)`` with finite values and
+    ``vocabulary.json`` naming ``n`` distinct items. Returns ``(n, d)``; raises :class:`BundleError`
+    naming the file."""
+    import numpy as np
+
+    root = Path(model_dir)
+    vec_path, voc_path = root / EMBEDDING_VECTORS, root / EMBEDDING_VOCABULARY
+    try:
+        vectors = np.load(vec_path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise BundleError(f"embedding model directory {root}: missing file {EMBEDDING_VECTORS}") from None
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{vec_path}: not a numpy array file: {exc}") from None
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or 0 in vectors.shape:
+        raise BundleError(f"{vec_path}: expected a non-empty float32 (n_items, dim) array, got "
+                          f"{vectors.dtype} {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise BundleError(f"{vec_path}: holds non-finite values")
+    vocab = _load_json(voc_path, root)
+    items = vocab.get("items") if isinstance(vocab, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise BundleError(f"{voc_path}: expected {{\"items\": [item id strings, ...]}}")
+    if len(items) != vectors.shape[0]:
+        raise BundleError(f"{voc_path}: {len(items)} items, but {EMBEDDING_VECTORS} has {vectors.shape[0]} rows")
+    if len(set(items)) != len(items):
+        raise BundleError(f"{voc_path}: item ids are not unique")
+    return int(vectors.shape[0]), int(vectors.shape[1])
+
+
+def _make_manifest(root: Path, framework: str, kind: str = KIND_MODEL) -> dict[str, Any]:
     files: dict[str, dict[str, Any]] = {}
     for rel in _walk_files(root):
         if rel == MANIFEST:
@@ -329,7 +401,7 @@ def _make_manifest(root: Path, framework: str) -> dict[str, Any]:
         p = root / rel
         files[rel] = {"sha256": _sha256_file(p), "size": p.stat().st_size}
     checksum = bundle_checksum({k: v["sha256"] for k, v in files.items()})
-    return {
+    manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "framework": framework,
@@ -337,6 +409,9 @@ def _make_manifest(root: Path, framework: str) -> dict[str, Any]:
         "checksum": checksum,
         "files": files,
     }
+    if kind != KIND_MODEL:
+        manifest["kind"] = kind
+    return manifest
 
 
 def _chart_files(charts: Any) -> dict[str, Path]:
@@ -449,7 +524,12 @@ def load_bundle(local_dir: str | os.PathLike[str], verify: bool = True) -> Bundl
     if not root.is_dir():
         raise BundleError(f"bundle directory {root} does not exist")
     manifest = verify_bundle(root) if verify else _read_manifest(root)
-    for required in (FITTED_SPEC, METRICS, METADATA):
+    kind = manifest.get("kind") or KIND_MODEL
+    if kind not in BUNDLE_KINDS:
+        raise BundleError(f"bundle {root}: {MANIFEST} names an unknown bundle kind {kind!r}")
+    required_files = (FITTED_SPEC, METRICS, METADATA) if kind == KIND_MODEL else (
+        METRICS, METADATA, f"{MODEL_DIR}/{EMBEDDING_VECTORS}", f"{MODEL_DIR}/{EMBEDDING_VOCABULARY}")
+    for required in required_files:
         if required not in manifest["files"]:
             raise BundleError(f"bundle {root}: missing file {required}")
     if not any(k.startswith(MODEL_DIR + "/") for k in manifest["files"]):
@@ -463,17 +543,21 @@ def load_bundle(local_dir: str | os.PathLike[str], verify: bool = True) -> Bundl
     framework = manifest.get("framework") or metadata.get("framework")
     if not isinstance(framework, str) or not framework:
         raise BundleError(f"bundle {root}: no framework in {MANIFEST} or {METADATA}")
+    if (metadata.get("bundle_kind") or KIND_MODEL) != kind:  # the checksummed copy must agree
+        raise BundleError(f"bundle {root}: {MANIFEST} says kind {kind!r}, {METADATA} says "
+                          f"{metadata.get('bundle_kind') or KIND_MODEL!r}")
     charts = sorted(root / k for k in manifest["files"] if k.startswith(CHARTS_DIR + "/"))
     return Bundle(
         root=root,
         manifest=manifest,
         framework=framework,
         model_dir=root / MODEL_DIR,
-        fitted_spec_path=root / FITTED_SPEC,
+        fitted_spec_path=root / FITTED_SPEC if kind == KIND_MODEL else None,
         metrics=metrics,
         metadata=metadata,
         checksum=manifest["checksum"],
         charts=charts,
+        kind=kind,
     )
 
 

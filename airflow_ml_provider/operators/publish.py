@@ -14,6 +14,15 @@ When the evaluation task produced nothing in this run (it was disabled), the mod
 without gates (``require_evaluation=False``, the default: a disabled step is the operator's explicit
 choice) or skipped (``require_evaluation=True``).
 
+Embeddings (a ``word2vec`` training task, ``task == "embedding"``, e.g. the item2vec DAG) are
+published as an ``embedding`` bundle (:data:`airflow_ml_provider.ml.bundle.KIND_EMBEDDING`: the
+vectors and the vocabulary, no fitted spec) straight from the training task (set
+``input_task_id=None``, ``preprocess_task_id=None``); the metrics are the training task's
+``evaluation.json`` (next-item hit rate@k and the most-popular baseline), and the gates
+``min_hit_rate`` / ``min_hit_rate_ratio`` judge them: a failed gate skips the publish like a failed
+evaluation gate. The model service answers ``:predict`` (item ids -> vectors) and ``:similar``
+(nearest items) for it (docs/serving.md).
+
 Each publish emits an Airflow **Asset event** for :func:`model_asset` ``(name)``
 (name ``ml-model-<name>``, URI ``x-ml-model://<name>``), with the version and bundle URI in its ``extra``, so other DAGs can be
 scheduled on "a new model was published"::
@@ -71,11 +80,16 @@ class PublishModelOperator(MLBaseOperator):
         run (default False: publish without gates, with a warning).
     :param extra_metadata: more metadata recorded in the bundle (templated).
     :param storage_root: where ``models/<name>/<version>/`` is written.
+    :param min_hit_rate: embeddings only: skip the publish when the training task's next-item hit
+        rate@k is below this (or was not measured). Default None: no such gate.
+    :param min_hit_rate_ratio: embeddings only: skip the publish when the hit rate is below this
+        multiple of the most-popular-items baseline's (e.g. 1.0: at least as good as popularity) or
+        was not measured. Default None: no such gate.
     """
 
     template_fields: Sequence[str] = (
         "model_name", "input_task_id", "train_task_id", "preprocess_task_id", "fitted_spec_uri", "registry", "extra_metadata",
-        "storage_root",
+        "storage_root", "min_hit_rate", "min_hit_rate_ratio",
     )
     ui_color = "#dcf3fc"
     record_kind = "publish"  # the keys of its XCom: airflow_ml_provider.ml.records.RECORD_KEYS
@@ -92,6 +106,8 @@ class PublishModelOperator(MLBaseOperator):
         require_evaluation: bool = False,
         extra_metadata: dict[str, Any] | None = None,
         storage_root: str | None = None,
+        min_hit_rate: float | str | None = None,
+        min_hit_rate_ratio: float | str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("outlets", [model_asset(model_name)])
@@ -105,6 +121,8 @@ class PublishModelOperator(MLBaseOperator):
         self.registry = registry
         self.require_evaluation = require_evaluation
         self.extra_metadata = extra_metadata
+        self.min_hit_rate = min_hit_rate
+        self.min_hit_rate_ratio = min_hit_rate_ratio
 
     def run(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -116,6 +134,7 @@ class PublishModelOperator(MLBaseOperator):
         from airflow_ml_provider.ml.trainers import read_metadata
 
         name = f"PublishModelOperator({self.task_id})"
+        embedding: dict[str, Any] | None = None  # the training record of embeddings (no fitted spec)
         ev = self._this_run_xcom(context, self.input_task_id)
         if ev is None:
             if self.require_evaluation:
@@ -129,12 +148,11 @@ class PublishModelOperator(MLBaseOperator):
             )
             train = self.upstream(context, self.train_task_id)
             model_uri, model_task, spec_hash = train["uri"], self.train_task_id, train.get("spec_hash")
-            if not self.fitted_spec_uri and train.get("task") == "embedding":
-                raise ValueError(
-                    f"{name}: {train.get('framework')} embeddings have no fitted feature spec, and a model bundle "
-                    "needs one (the online service scores feature vectors); use the model directory written by "
-                    f"the training task instead: {model_uri}"
-                )
+            if train.get("task") == "embedding":
+                embedding = train
+                failed = self._embedding_gate_failures(train)
+                if failed:
+                    raise AirflowSkipException(f"Not publishing {self.model_name!r}: gate failed: {'; '.join(failed)}")
         else:
             if not ev.get("gate_passed", False):
                 reasons = "; ".join(ev.get("gate_reasons") or ["unknown reason"])
@@ -142,11 +160,13 @@ class PublishModelOperator(MLBaseOperator):
             model_uri, model_task, spec_hash = ev["model_uri"], self.input_task_id, ev.get("spec_hash")
         prep: dict[str, Any] = {}
         spec_uri = self.fitted_spec_uri
-        if not spec_uri:
+        if embedding is not None:
+            spec_uri = None  # an embedding bundle has no fitted spec
+        elif not spec_uri:
             prep = self.upstream(context, self.preprocess_task_id) or {}
             spec_uri = prep.get("fitted_spec_uri")
             check_same_spec(name, model_task, spec_hash, self.preprocess_task_id, prep.get("spec_hash"))
-        if not spec_uri:
+        if not spec_uri and embedding is None:
             raise ValueError(f"{name}: no fitted spec (set fitted_spec_uri or preprocess_task_id)")
         dag_id = context["dag"].dag_id if context.get("dag") is not None else self.dag_id
         run_id = context.get("run_id") or context["dag_run"].run_id
@@ -159,10 +179,12 @@ class PublishModelOperator(MLBaseOperator):
         with self.workdir("publish") as tmp:
             model_dir = self.fetch_dir(model_uri, tmp)
             model_meta = read_metadata(model_dir)
-            spec_path = self.fetch_file(spec_uri, tmp)
+            spec_path = self.fetch_file(spec_uri, tmp) if spec_uri else None
             metrics: Any = {}
             charts: Any = None
             gate: Any = None
+            if embedding is not None:
+                metrics, gate = self._embedding_metrics(embedding, tmp)
             if ev is not None:
                 metrics = self.fetch_file(ev["metrics_uri"], tmp)
                 if ev.get("charts_uri"):
@@ -176,10 +198,11 @@ class PublishModelOperator(MLBaseOperator):
                 "params": model_meta.get("params"),
                 "best_iteration": model_meta.get("best_iteration"),
                 "model_source_uri": model_uri,
-                "training_data_uri": prep.get("raw_train_uri") or prep.get("train"),
+                "training_data_uri": prep.get("raw_train_uri") or prep.get("train")
+                or (embedding or {}).get("train_uri"),
                 "feature_tables_uri": prep.get("uri"),
                 "spec_source": prep.get("spec_source"),
-                "evaluated": ev is not None,
+                "evaluated": ev is not None or bool(embedding and embedding.get("hit_rate") is not None),
                 "gate": gate,
                 **(self.extra_metadata or {}),
             }
@@ -189,7 +212,8 @@ class PublishModelOperator(MLBaseOperator):
             bundle_dir = Path(tmp) / "bundle"
             manifest = build_bundle(bundle_dir, model_dir=model_dir, fitted_spec=spec_path,
                                     framework=model_meta.get("framework") or "xgboost", metrics=metrics,
-                                    charts=charts, metadata=metadata)
+                                    charts=charts, metadata=metadata,
+                                    kind="embedding" if embedding is not None else "model")
             self.log.info("Built bundle %s (checksum %s)", bundle_dir, manifest.get("checksum"))
             try:
                 record = publish_model(registry, str(bundle_dir), storage_root, self.model_name,
@@ -212,8 +236,36 @@ class PublishModelOperator(MLBaseOperator):
             uri=record.bundle_uri,
             checksum=record.checksum,
             registry_id=record.id,
-            evaluated=ev is not None,
+            evaluated=ev is not None or bool(embedding and embedding.get("hit_rate") is not None),
         )
+
+    def _embedding_gate_failures(self, train: dict[str, Any]) -> list[str]:
+        """The reasons the embeddings of training record ``train`` fail the hit-rate gates (none: pass)."""
+        out = []
+        hit, pop, k = train.get("hit_rate"), train.get("popularity_hit_rate"), train.get("eval_k")
+        floor = self.as_float("min_hit_rate", self.min_hit_rate)
+        ratio = self.as_float("min_hit_rate_ratio", self.min_hit_rate_ratio)
+        if (floor is not None or ratio is not None) and hit is None:
+            return [f"the training task {self.train_task_id!r} measured no next-item hit rate (no validation "
+                    "sequences in the vocabulary?), and a hit-rate gate is set"]
+        if floor is not None and hit < floor:
+            out.append(f"next-item hit rate@{k} {hit:.4f} < min_hit_rate {floor}")
+        if ratio is not None and pop is not None and hit < ratio * pop:
+            out.append(f"next-item hit rate@{k} {hit:.4f} < {ratio} x the most-popular baseline {pop:.4f}")
+        return out
+
+    def _embedding_metrics(self, train: dict[str, Any], tmp: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The bundle's metrics (the training task's evaluation.json) and the gate's record."""
+        metrics: dict[str, Any] = {}
+        if train.get("evaluation_uri"):
+            loaded = json.loads(Path(self.fetch_file(train["evaluation_uri"], tmp)).read_text(encoding="utf-8"))
+            metrics.update(loaded if isinstance(loaded, dict) else {})
+        for key in ("vocabulary_size", "sentences", "eval_k", "hit_rate", "popularity_hit_rate"):
+            metrics.setdefault(key, train.get(key))
+        gate = {"passed": True, "min_hit_rate": self.as_float("min_hit_rate", self.min_hit_rate),
+                "min_hit_rate_ratio": self.as_float("min_hit_rate_ratio", self.min_hit_rate_ratio),
+                "hit_rate": train.get("hit_rate"), "popularity_hit_rate": train.get("popularity_hit_rate")}
+        return metrics, gate
 
     def _this_run_xcom(self, context: Any, task_id: str | None) -> dict[str, Any] | None:
         """The XCom of ``task_id`` in this run only (no fallback: an old evaluation judges an old model)."""

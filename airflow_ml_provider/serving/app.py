@@ -4,6 +4,7 @@ Routes::
 
     POST /v1/models/{name}:predict                  {"instances": [{raw features}, ...]}
     POST /v1/models/{name}/versions/{v}:predict     the same, pinned to a loaded version
+    POST /v1/models/{name}[/versions/{v}]:similar   embedding models: nearest items (serving/embeddings.py)
     GET  /v1/models/{name}                          {"model_version_status": [...]}
     GET  /v1/models/{name}/versions/{v}             the same, for one version
     GET  /v1/models/{name}/metadata                 the features the model takes (from its fitted spec)
@@ -32,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from airflow_ml_provider.serving import embeddings
 from airflow_ml_provider.serving.errors import (
     APIError,
     BadRequest,
@@ -264,10 +266,17 @@ class ServingApp:
                 _allow(method, ("POST",))
                 body = await self._read_body(scope, receive)
                 rows = await self._predict(name, version, body, send)
+            elif rest.endswith(":similar"):  # embedding models: nearest items (serving/embeddings.py)
+                name, version = _parse_model_path(rest[: -len(":similar")])
+                model_label = name
+                is_predict = True
+                _allow(method, ("POST",))
+                body = await self._read_body(scope, receive)
+                rows = await embeddings.handle_similar(self, self._model(name, version), body, send)
             else:
                 if ":" in rest.rsplit("/", 1)[-1]:
                     verb = rest.rsplit(":", 1)[-1]
-                    raise NotFound(f"unknown method {_short(verb)!r}; this service supports :predict")
+                    raise NotFound(f"unknown method {_short(verb)!r}; this service supports :predict and :similar")
                 _allow(method, ("GET", "HEAD"))
                 if rest.endswith("/metadata"):
                     name, version = _parse_model_path(rest[: -len("/metadata")])
@@ -398,6 +407,8 @@ class ServingApp:
 
     async def _predict(self, name: str, version: int | None, body: bytes, send: Send) -> int:
         model = self._model(name, version)  # the one reference this request uses to the end
+        if getattr(model, "kind", None) == "embedding":  # item ids -> vectors (serving/embeddings.py)
+            return await embeddings.handle_predict(self, model, body, send)
         instances = self._parse_instances(body)
         if len(instances) <= INLINE_ROWS:
             predictions = model.predict(instances)
@@ -430,6 +441,8 @@ class ServingApp:
                 "bundle_uri": _mask(model.uri),
             },
         }
+        if getattr(model, "kind", None) == "embedding":
+            doc["metadata"].update(embeddings.embedding_metadata(model))
         await _respond(send, 200, _dumps(doc), _JSON_HEADERS)
 
     async def _probe(self, path: str, send: Send) -> None:

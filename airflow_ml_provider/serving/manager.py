@@ -69,6 +69,9 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     record: Any = None
+    #: "model" (a scorer: spec + predictor) or "embedding" (item ids -> vectors; spec is None;
+    #: requests go to serving/embeddings.py)
+    kind: str = "model"
 
     def transform(self, instances: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Raw feature dicts -> the float32 matrix the model was trained on (the training code path).
@@ -230,6 +233,12 @@ def load_model(name: str, record: Any, cache_dir: Path, *, predict_threads: int 
         # a cached copy goes through too).
         local = fetch_bundle(uri, target, expected_checksum=getattr(record, "checksum", None) or None)
         bundle = load_bundle(local, verify=True)
+        if bundle.kind == "embedding":  # item ids -> vectors: no fitted spec (serving/embeddings.py)
+            from airflow_ml_provider.serving.embeddings import load_embedding_model
+
+            model = load_embedding_model(name, version, uri, bundle, record, target)
+            model.load_seconds = time.perf_counter() - started
+            return model
         # The fitted spec comes from the bundle -- never from a shared location -- so a changed
         # custom transformer reaches the service only inside a newly published bundle.
         spec = FittedSpec.load(bundle.fitted_spec_path)
