@@ -43,7 +43,10 @@ __all__ = [
     "ModelRegistry",
     "RegistryError",
     "ServingEvent",
+    "ServingState",
+    "validate_label",
     "UnknownModelError",
+    "RefusedVersionError",
     "mask_url",
     "normalize_url",
     "publish_model",
@@ -57,6 +60,28 @@ SERVING_TABLE = "ml_model_serving"
 STATUS_PUBLISHED = "published"
 ACTION_PUBLISH = "publish"
 ACTION_ROLLBACK = "rollback"
+#: A model service refused to load a version (checksum mismatch, load or warm-up error): the event
+#: names the service instance (``created_by``) and the reason; the version's row gets
+#: :data:`STATUS_REFUSED`. Rollbacks, labels and canaries refuse to point at such a version.
+ACTION_REFUSED = "refused"
+STATUS_REFUSED = "refused"
+#: Labels and canary traffic (issue 13): ``label``/``unlabel`` name a version under a label;
+#: ``canary`` sends a percentage of unpinned requests to a version until ``promote`` (the canary
+#: version becomes the served one) or ``abort`` (back to 100% on the served version).
+ACTION_LABEL = "label"
+ACTION_UNLABEL = "unlabel"
+ACTION_CANARY = "canary"
+ACTION_PROMOTE = "promote"
+ACTION_ABORT = "abort"
+#: The events that name the version the service serves (:meth:`ModelRegistry.current`). Every other
+#: kind (labels, canary, refusals...) is recorded in the same log but leaves the served version alone.
+SERVED_ACTIONS = (ACTION_PUBLISH, ACTION_ROLLBACK, ACTION_PROMOTE)
+#: The events that start or end a canary: a publish or rollback after a ``canary`` ends it too
+#: (the served version was changed outright).
+_CANARY_ACTIONS = (ACTION_CANARY, ACTION_PROMOTE, ACTION_ABORT, ACTION_PUBLISH, ACTION_ROLLBACK)
+#: Label names: TF Serving's version labels (``/v1/models/m/labels/stable``): a letter, then letters,
+#: digits, ``_`` or ``-``; at most 64.
+_LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
 #: Model names: a letter or digit, then letters, digits, ``_``, ``-`` and ``.`` (no ``..``), <= 128.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -72,6 +97,10 @@ class RegistryError(Exception):
 
 class UnknownModelError(RegistryError, LookupError):
     """The model, or the version of a model, is not in the registry."""
+
+
+class RefusedVersionError(RegistryError):
+    """A model service refused to load this version: nothing may point at it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,9 +198,13 @@ class ServingEvent:
     created_at: _dt.datetime | None = None
     created_by: str | None = None
     reason: str | None = None
+    #: the label of a ``label``/``unlabel`` event
+    label: str | None = None
+    #: the share of unpinned requests (0-100] of a ``canary`` event
+    percent: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "name": self.name,
             "version": self.version,
@@ -179,6 +212,36 @@ class ServingEvent:
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "created_by": self.created_by,
             "reason": self.reason,
+        }
+        if self.label is not None:
+            out["label"] = self.label
+        if self.percent is not None:
+            out["percent"] = self.percent
+        return out
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What the service must do for one model (:meth:`ModelRegistry.serving_state`).
+
+    ``current``: the served version (unpinned requests, except the canary's share).
+    ``labels``: label -> the record it names. ``canary``/``canary_percent``: the version that gets
+    ``canary_percent`` % of unpinned requests, or None. ``watermark``: the newest event id of the model.
+    """
+
+    current: ModelRecord | None
+    labels: dict[str, ModelRecord] = field(default_factory=dict)
+    canary: ModelRecord | None = None
+    canary_percent: float = 0.0
+    watermark: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "current": self.current.version if self.current else None,
+            "labels": {k: r.version for k, r in sorted(self.labels.items())},
+            "canary": ({"version": self.canary.version, "percent": self.canary_percent}
+                       if self.canary is not None else None),
+            "watermark": self.watermark,
         }
 
 
@@ -271,6 +334,9 @@ def build_metadata(table_prefix: str = "") -> tuple[sa.MetaData, sa.Table, sa.Ta
         sa.Column("created_at", db.datetime6(), nullable=False),
         sa.Column("created_by", sa.String(250), nullable=True),
         sa.Column("reason", sa.Text, nullable=True),
+        # label/unlabel: the label; canary: the percentage (added by create_tables to older tables)
+        sa.Column("label", sa.String(64), nullable=True),
+        sa.Column("percent", sa.Float, nullable=True),
         sa.Index(f"ix_{srv_name}_model", "model_name", "id"),
         **db.MYSQL_TABLE_KW,
     )
@@ -340,7 +406,64 @@ class ModelRegistry:
                      attempts=3)
         except sa_exc.SQLAlchemyError as exc:
             raise self._error("creating tables", exc) from None
+        self._add_routing_columns()
         self._tables_ok = True
+
+    #: Columns of ml_model_serving that tables created before labels and canary lack.
+    _ROUTING_COLUMNS = ("label", "percent")
+
+    def _routing_columns_present(self, conn: sa.Connection | None = None) -> bool:
+        """Whether ``ml_model_serving`` has the ``label`` and ``percent`` columns (cached once true).
+
+        A table created before labels and canary existed lacks them until :meth:`create_tables`
+        adds them (every label/canary write calls it); until then no such event can exist, and
+        reads select the older columns only.
+        """
+        if getattr(self, "_routing_ok", False):
+            return True
+
+        def check(c: sa.Connection) -> bool:
+            try:
+                names = {col["name"].lower() for col in sa.inspect(c).get_columns(self.serving_table.name)}
+            except sa_exc.NoSuchTableError:
+                return False
+            return all(col in names for col in self._ROUTING_COLUMNS)
+
+        if conn is not None:
+            ok = check(conn)
+        else:
+            with self.engine.connect() as c:
+                ok = check(c)
+        self._routing_ok = ok
+        return ok
+
+    def _add_routing_columns(self) -> None:
+        """ALTER an older ``ml_model_serving`` to add ``label`` and ``percent`` (idempotent)."""
+        if self._routing_columns_present():
+            return
+        s = self.serving_table
+        preparer = self.engine.dialect.identifier_preparer
+        for col in self._ROUTING_COLUMNS:
+            ddl_type = s.c[col].type.compile(dialect=self.engine.dialect)
+            stmt = sa.text(f"ALTER TABLE {preparer.format_table(s)} ADD COLUMN {preparer.quote(col)} {ddl_type} NULL")
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(stmt)
+            except sa_exc.SQLAlchemyError as exc:
+                self._routing_ok = False
+                with self.engine.connect() as conn:  # another process added it meanwhile: fine
+                    names = {c["name"].lower() for c in sa.inspect(conn).get_columns(s.name)}
+                if col not in names:
+                    raise self._error(f"adding column {col!r} to {s.name}", exc) from None
+        self._routing_ok = False
+        self._routing_columns_present()
+
+    def _event_query(self, conn: sa.Connection) -> sa.Select:
+        """``SELECT`` of ml_model_serving's columns (without label/percent on an older table)."""
+        s = self.serving_table
+        if self._routing_columns_present(conn):
+            return sa.select(s)
+        return sa.select(*[c for c in s.c if c.name not in self._ROUTING_COLUMNS])
 
     def _read(self, what: str, fn, empty):
         def attempt():
@@ -387,6 +510,8 @@ class ModelRegistry:
             created_at=_from_db_time(m["created_at"]),
             created_by=m["created_by"],
             reason=m["reason"],
+            label=m.get("label"),
+            percent=float(m["percent"]) if m.get("percent") is not None else None,
         )
 
     # -- queries ---------------------------------------------------------------------------------
@@ -407,6 +532,74 @@ class ModelRegistry:
             sa.select(t).where(t.c.model_name == name, t.c.dag_id == dag_id, t.c.run_id == run_id)
         ).first()
         return self._record(row) if row is not None else None
+
+    def find_checksum(self, name: str, checksum: str) -> ModelRecord | None:
+        """The lowest version of ``name`` whose bundle has checksum ``checksum``, if any."""
+        validate_model_name(name)
+        t = self.publish_table
+
+        def fn(conn: sa.Connection) -> ModelRecord | None:
+            row = conn.execute(
+                sa.select(t).where(t.c.model_name == name, t.c.checksum == checksum).order_by(t.c.version).limit(1)
+            ).first()
+            return self._record(row) if row is not None else None
+
+        return self._read("looking up a checksum", fn, None)
+
+    # -- refused versions (a model service could not load them) ----------------------------------
+
+    def refusals(self, name: str) -> dict[int, ServingEvent]:
+        """The versions of ``name`` a model service refused to load: version -> the newest
+        ``refused`` event (its ``created_by`` is the service instance, ``reason`` the cause)."""
+        validate_model_name(name)
+        s = self.serving_table
+        cols = [s.c.id, s.c.model_name, s.c.version, s.c.action, s.c.created_at, s.c.created_by, s.c.reason]
+        query = sa.select(*cols).where(s.c.model_name == name, s.c.action == ACTION_REFUSED).order_by(s.c.id)
+        return self._read("reading refused versions",
+                          lambda c: {e.version: e for e in (self._event(r) for r in c.execute(query))}, {})
+
+    def refused_versions(self, name: str) -> list[int]:
+        """The versions of ``name`` a model service refused to load, ascending."""
+        return sorted(self.refusals(name))
+
+    def is_refused(self, name: str, version: int) -> ServingEvent | None:
+        """The newest ``refused`` event of ``name`` version ``version``, or None if no service refused it."""
+        return self.refusals(name).get(_validate_version(version))
+
+    def check_not_refused(self, name: str, version: int, what: str = "point at") -> None:
+        """Raise :class:`RefusedVersionError` (naming the service and its reason) if a model service
+        refused ``version`` of ``name``. Rollback, label and canary call this before writing."""
+        event = self.is_refused(name, version)
+        if event is not None:
+            raise RefusedVersionError(refusal_message(name, event, what))
+
+    def record_refusal(self, name: str, version: int, *, reason: str, instance: str | None = None) -> ServingEvent:
+        """Record that a model service (``instance``, e.g. ``host:pid``) refused to load ``version``
+        of ``name`` because of ``reason``: a ``refused`` serving event, and the row's status becomes
+        :data:`STATUS_REFUSED`. The served version is unchanged (a refusal is not a serving decision)."""
+        validate_model_name(name)
+        version = _validate_version(version)
+        if not self._tables_ok:
+            self.create_tables()
+        t, s = self.publish_table, self.serving_table
+        by = str(instance)[:250] if instance else None
+        text = str(reason or "refused")[:4000]
+
+        def attempt() -> ServingEvent:
+            with self.engine.begin() as conn:
+                now = _to_db_time(_utcnow())
+                result = conn.execute(s.insert().values(model_name=name, version=version, action=ACTION_REFUSED,
+                                                        created_at=now, created_by=by, reason=text))
+                conn.execute(t.update().where(t.c.model_name == name, t.c.version == version)
+                             .values(status=STATUS_REFUSED))
+                new_id = int(result.inserted_primary_key[0])
+            return ServingEvent(id=new_id, name=name, version=version, action=ACTION_REFUSED,
+                                created_at=_from_db_time(now), created_by=by, reason=text)
+
+        try:
+            return db.retry(attempt, on=_WRITE_RETRY_ON, attempts=_MAX_ATTEMPTS)
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._error(f"recording that version {version} of {name!r} was refused", exc) from None
 
     def find_run(self, name: str, dag_id: str, run_id: str) -> ModelRecord | None:
         """The version that run ``(dag_id, run_id)`` published for ``name``, if any."""
@@ -475,7 +668,7 @@ class ModelRegistry:
     def _current_event(self, conn: sa.Connection, name: str) -> ServingEvent | None:
         s = self.serving_table
         row = conn.execute(
-            sa.select(s).where(s.c.model_name == name).order_by(s.c.id.desc()).limit(1)
+            self._event_query(conn).where(s.c.model_name == name).order_by(s.c.id.desc()).limit(1)
         ).first()
         return self._event(row) if row is not None else None
 
@@ -494,7 +687,7 @@ class ModelRegistry:
         t, s = self.publish_table, self.serving_table
         newest = (
             sa.select(s.c.version)
-            .where(s.c.model_name == name)
+            .where(s.c.model_name == name, s.c.action.in_(SERVED_ACTIONS))
             .order_by(s.c.id.desc())
             .limit(1)
             .scalar_subquery()
@@ -532,13 +725,68 @@ class ModelRegistry:
     ) -> list[ServingEvent]:
         """Serving events (publishes and rollbacks), oldest first, with id > ``after_id``."""
         s = self.serving_table
-        query = sa.select(s).where(s.c.id > int(after_id)).order_by(s.c.id)
         if name is not None:
             validate_model_name(name)
-            query = query.where(s.c.model_name == name)
-        if limit is not None:
-            query = query.limit(int(limit))
-        return self._read("reading serving events", lambda c: [self._event(r) for r in c.execute(query)], [])
+
+        def fn(c: sa.Connection) -> list[ServingEvent]:
+            query = self._event_query(c).where(s.c.id > int(after_id)).order_by(s.c.id)
+            if name is not None:
+                query = query.where(s.c.model_name == name)
+            if limit is not None:
+                query = query.limit(int(limit))
+            return [self._event(r) for r in c.execute(query)]
+
+        return self._read("reading serving events", fn, [])
+
+    def serving_state(self, name: str) -> ServingState:
+        """The served version, the labels and the canary of ``name``, read in one connection.
+
+        * ``current``: as :meth:`current` (the newest ``publish``, ``rollback`` or ``promote``).
+        * ``labels``: per label, its newest ``label``/``unlabel`` event; a ``label`` names the version.
+        * ``canary``: the newest of ``canary``/``promote``/``abort``/``publish``/``rollback``, when
+          it is a ``canary`` (a publish or a rollback ends a canary, as promote and abort do).
+        """
+        validate_model_name(name)
+        t, s = self.publish_table, self.serving_table
+
+        def fn(conn: sa.Connection) -> ServingState:
+            current = self._current(conn, name)
+            mark = int(conn.execute(sa.select(sa.func.max(s.c.id)).where(s.c.model_name == name)).scalar() or 0)
+            if not self._routing_columns_present(conn):
+                return ServingState(current=current, watermark=mark)
+            newest_per_label = (
+                sa.select(sa.func.max(s.c.id))
+                .where(s.c.model_name == name, s.c.action.in_((ACTION_LABEL, ACTION_UNLABEL)))
+                .group_by(s.c.label)
+            )
+            label_rows = conn.execute(
+                sa.select(s.c.label, s.c.version).where(s.c.id.in_(newest_per_label), s.c.action == ACTION_LABEL)
+            ).all()
+            canary_row = conn.execute(
+                sa.select(s.c.action, s.c.version, s.c.percent)
+                .where(s.c.model_name == name, s.c.action.in_(_CANARY_ACTIONS))
+                .order_by(s.c.id.desc()).limit(1)
+            ).first()
+            canary_version = None
+            if canary_row is not None and canary_row.action == ACTION_CANARY and canary_row.percent:
+                canary_version = int(canary_row.version)
+            wanted = {int(r.version) for r in label_rows} | ({canary_version} if canary_version else set())
+            records: dict[int, ModelRecord] = {}
+            if wanted:
+                for row in conn.execute(sa.select(t).where(t.c.model_name == name, t.c.version.in_(wanted))):
+                    rec = self._record(row)
+                    records[rec.version] = rec
+            labels = {r.label: records[int(r.version)] for r in label_rows if int(r.version) in records}
+            canary = records.get(canary_version) if canary_version else None
+            return ServingState(current=current, labels=labels, canary=canary,
+                                canary_percent=float(canary_row.percent) if canary is not None else 0.0,
+                                watermark=mark)
+
+        return self._read("reading the serving state", fn, ServingState(current=None))
+
+    def serving_states(self, names: Iterable[str]) -> dict[str, ServingState]:
+        """:meth:`serving_state` for several models."""
+        return {n: self.serving_state(n) for n in names}
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -656,6 +904,7 @@ class ModelRegistry:
         validate_model_name(name)
         to_version = _validate_version(to_version)
         self.get(name, to_version)  # raises UnknownModelError naming model/version
+        self.check_not_refused(name, to_version, "roll back to")  # RefusedVersionError naming why
         if by is not None and len(str(by)) > 250:
             raise RegistryError("rollback: 'by' is longer than 250 characters")
         s = self.serving_table
@@ -673,13 +922,136 @@ class ModelRegistry:
                     )
                 )
                 new_id = int(result.inserted_primary_key[0])
-                row = conn.execute(sa.select(s).where(s.c.id == new_id)).first()
+                row = conn.execute(self._event_query(conn).where(s.c.id == new_id)).first()
                 return self._event(row)
 
         try:
             return db.retry(attempt, on=(db.LOCKED,), attempts=_MAX_ATTEMPTS)
         except sa_exc.SQLAlchemyError as exc:
             raise self._error(f"rolling back {name!r}", exc) from None
+
+    # -- labels and canary -------------------------------------------------------------------------
+
+    def _append_event(self, name: str, version: int, action: str, *, by: str | None, reason: str | None,
+                      label: str | None = None, percent: float | None = None) -> ServingEvent:
+        """Append one routing event (after :meth:`create_tables` added the label/percent columns)."""
+        if by is not None and len(str(by)) > 250:
+            raise RegistryError(f"{action}: 'by' is longer than 250 characters")
+        if not self._tables_ok or not self._routing_columns_present():
+            self.create_tables()
+        s = self.serving_table
+
+        def attempt() -> ServingEvent:
+            with self.engine.begin() as conn:
+                result = conn.execute(
+                    s.insert().values(model_name=name, version=version, action=action,
+                                      created_at=_to_db_time(_utcnow()), created_by=by, reason=reason,
+                                      label=label, percent=percent)
+                )
+                new_id = int(result.inserted_primary_key[0])
+                return self._event(conn.execute(sa.select(s).where(s.c.id == new_id)).first())
+
+        try:
+            return db.retry(attempt, on=(db.LOCKED,), attempts=_MAX_ATTEMPTS)
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._error(f"recording {action} of {name!r}", exc) from None
+
+    def _routable(self, name: str, version: Any, what: str) -> int:
+        """``version`` as an int, refusing an unknown version (and one the service refused to load,
+        when the registry records such refusals)."""
+        validate_model_name(name)
+        version = _validate_version(version)
+        self.get(name, version)  # UnknownModelError naming the model and its versions
+        refused = getattr(self, "refusal", None)
+        if callable(refused):
+            reason = refused(name, version)
+            if reason:
+                raise RegistryError(f"model {name!r} version {version} was refused by the model service "
+                                    f"({reason}); {what} cannot point at it")
+        return version
+
+    def set_label(self, name: str, label: str, version: int, by: str | None = None,
+                  reason: str | None = None) -> ServingEvent:
+        """Point ``label`` of ``name`` at ``version`` (``/v1/models/NAME/labels/LABEL:predict``).
+
+        Writes a ``label`` event; moving a label is another ``label`` event. :class:`UnknownModelError`
+        for an unknown version."""
+        label = validate_label(label)
+        version = self._routable(name, version, f"label {label!r}")
+        return self._append_event(name, version, ACTION_LABEL, by=by, reason=reason, label=label)
+
+    def remove_label(self, name: str, label: str, by: str | None = None,
+                     reason: str | None = None) -> ServingEvent:
+        """Remove ``label`` of ``name`` (an ``unlabel`` event naming the version it pointed at)."""
+        validate_model_name(name)
+        label = validate_label(label)
+        state = self.serving_state(name)
+        if label not in state.labels:
+            known = ", ".join(sorted(state.labels)) or "none"
+            raise RegistryError(f"model {name!r} has no label {label!r} (labels: {known})")
+        return self._append_event(name, state.labels[label].version, ACTION_UNLABEL, by=by, reason=reason,
+                                  label=label)
+
+    def start_canary(self, name: str, version: int, percent: float, by: str | None = None,
+                     reason: str | None = None) -> ServingEvent:
+        """Send ``percent`` % (0 < percent <= 100) of the unpinned requests of ``name`` to ``version``.
+
+        Replaces a running canary. Refused for an unknown version and for the served version."""
+        version = self._routable(name, version, "a canary")
+        percent = validate_percent(percent)
+        current = self.current(name)
+        if current is not None and current.version == version:
+            raise RegistryError(f"model {name!r} version {version} is already the served version; "
+                                "a canary needs another version")
+        return self._append_event(name, version, ACTION_CANARY, by=by, reason=reason, percent=percent)
+
+    def _running_canary(self, name: str, what: str) -> ServingState:
+        validate_model_name(name)
+        state = self.serving_state(name)
+        if state.canary is None:
+            if state.current is None:
+                raise UnknownModelError(self._unknown_model_message(name))
+            raise RegistryError(f"model {name!r} has no canary running; nothing to {what} "
+                                f"(serving version {state.current.version})")
+        return state
+
+    def promote(self, name: str, by: str | None = None, reason: str | None = None) -> ServingEvent:
+        """Make the canary version the served version (a ``promote`` event); the canary ends."""
+        state = self._running_canary(name, "promote")
+        return self._append_event(name, state.canary.version, ACTION_PROMOTE, by=by, reason=reason)
+
+    def abort_canary(self, name: str, by: str | None = None, reason: str | None = None) -> ServingEvent:
+        """End the canary: 100% of unpinned requests go to the served version again (an ``abort``
+        event naming the canary version)."""
+        state = self._running_canary(name, "abort")
+        return self._append_event(name, state.canary.version, ACTION_ABORT, by=by, reason=reason)
+
+
+def validate_label(label: Any) -> str:
+    """Return ``label`` if it is a valid label name, else raise :class:`RegistryError` naming it."""
+    if not isinstance(label, str) or not _LABEL_RE.match(label):
+        raise RegistryError(f"invalid label {label!r}: use 1-64 letters, digits, '_' or '-', starting with a letter")
+    return label
+
+
+def validate_percent(percent: Any) -> float:
+    """A canary share: a number with 0 < percent <= 100 (routing resolution: 0.1 point)."""
+    try:
+        value = float(percent)
+    except (TypeError, ValueError):
+        raise RegistryError(f"invalid canary percent {percent!r}: must be a number in (0, 100]") from None
+    if not math.isfinite(value) or not 0 < value <= 100:
+        raise RegistryError(f"invalid canary percent {percent!r}: must be in (0, 100] (use abort to end a canary)")
+    return value
+
+
+def refusal_message(name: str, event: ServingEvent, what: str = "point at") -> str:
+    """``cannot roll back to model 'm' version 3: the model service host:123 refused to load it
+    at <time>: <reason>``."""
+    who = f"the model service {event.created_by}" if event.created_by else "a model service"
+    when = f" at {event.created_at.strftime('%Y-%m-%d %H:%M:%S')} UTC" if event.created_at else ""
+    return (f"cannot {what} model {event.name!r} version {event.version}: {who} refused to load it{when}: "
+            f"{event.reason or 'no reason given'}")
 
 
 def _format_versions(versions: list[int]) -> str:
@@ -707,11 +1079,19 @@ def publish_model(
     the registry row (the commit point). Safe to retry.
 
     * If ``(name, dag_id, run_id)`` is already in the registry, that record is returned.
-    * The version directory doubles as a lock: a directory holding the same checksum is reused
-      (a retry after a crash between upload and insert); a directory with a different checksum
-      belongs to another publisher, so the next version number is tried. Nothing is overwritten.
+    * One bundle is never two versions: if a version of ``name`` already holds this bundle's
+      checksum, that record is returned.
+    * Crash safety: a publisher killed between the upload and the insert leaves its version
+      directory unregistered. Its retry finds that directory (an unregistered version holding the
+      same checksum) and registers it -- also when other publishes took later versions meanwhile.
+      Temporary uploads of killed publishers (:func:`airflow_ml_provider.ml.storage.remove_stale_temps`:
+      dead owner process on this host, or older than ``STALE_TEMP_SECONDS``) are removed first.
+    * The version directory doubles as a lock: a directory with a different checksum belongs to
+      another publisher (committed or in flight), so the next version number is tried. Nothing is
+      overwritten, and no version directory is ever deleted.
     """
     from airflow_ml_provider.ml import bundle as _bundle
+    from airflow_ml_provider.ml import storage
 
     validate_model_name(name)
     if dag_id is not None and run_id is not None:
@@ -719,8 +1099,14 @@ def publish_model(
         if existing is not None:
             return existing
     loaded = _bundle.load_bundle(local_bundle_dir, verify=True)
-    version = registry.next_version(name)
-    for _ in range(_MAX_ATTEMPTS):
+    models_uri = storage.join(storage_root, "models", name)
+    storage.remove_stale_temps(models_uri)
+    same = registry.find_checksum(name, loaded.checksum)
+    if same is not None:  # this very bundle is a version already (a retry after the insert, or a re-publish)
+        return same
+    orphan = _own_orphan_version(registry, storage_root, models_uri, name, loaded.checksum)
+    version = orphan if orphan is not None else registry.next_version(name)
+    for _ in range(_MAX_VERSION_PROBES):
         try:
             uri = _bundle.publish_bundle(local_bundle_dir, storage_root, name, version)
         except _bundle.BundleConflictError:
@@ -745,8 +1131,44 @@ def publish_model(
                 if existing is not None:
                     return existing
             holder = registry._read("reading a version", lambda c, v=version: registry._get(c, name, v), None)
+            if holder is not None and holder.checksum == loaded.checksum:
+                return holder  # a concurrent publisher of the same bundle committed it first
             if holder is not None:  # another run committed this version first
                 version += 1
                 continue
             raise
-    raise RegistryError(f"model {name!r}: could not find a free version after {_MAX_ATTEMPTS} attempts")
+    raise RegistryError(f"model {name!r}: could not find a free version after {_MAX_VERSION_PROBES} attempts")
+
+
+#: How many version numbers one publish tries before giving up (each taken one is another
+#: publisher's bundle, committed or in flight, or the orphan of a killed publisher never retried).
+_MAX_VERSION_PROBES = 64
+
+
+def _own_orphan_version(registry: ModelRegistry, storage_root: Any, models_uri: str, name: str,
+                        checksum: str) -> int | None:
+    """The lowest unregistered version directory of ``name`` that holds the bundle ``checksum``:
+    what a publisher killed between upload and insert left behind (None if there is none)."""
+    from airflow_ml_provider.ml import bundle as _bundle
+    from airflow_ml_provider.ml import storage
+
+    fs, path = storage.filesystem_for(models_uri)
+    try:
+        entries = fs.ls(path.rstrip("/"), detail=False)
+    except Exception:  # noqa: BLE001 - no directory yet (first publish), or unreadable: no orphan
+        return None
+    on_disk = sorted(int(base) for base in (str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+                     if base.isascii() and base.isdigit() and 0 < len(base) <= 9 and int(base) > 0)
+    if not on_disk:
+        return None
+    registered = set(registry.versions(name))
+    for version in on_disk:
+        if version in registered:
+            continue
+        try:
+            manifest = _bundle.read_remote_manifest(_bundle.bundle_uri(storage_root, name, version))
+        except _bundle.BundleError:
+            continue  # unreadable: not ours to judge
+        if manifest.get("checksum") == checksum:
+            return version
+    return None
