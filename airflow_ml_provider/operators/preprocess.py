@@ -119,11 +119,16 @@ class PreprocessOperator(MLBaseOperator):
 
     def run(self, context: Any) -> dict[str, Any]:
         import pandas as pd
-        import pyarrow.parquet as pq
 
         from airflow_ml_provider.ml import storage
         from airflow_ml_provider.ml.feature_table import write_feature_table
         from airflow_ml_provider.ml.features import FeatureSpec, fit
+        from airflow_ml_provider.ml.features.streaming import (
+            fit_parquet,
+            parquet_files,
+            parquet_schema,
+            transform_parquet,
+        )
         from airflow_ml_provider.ml.records import make_record
 
         inputs = {"train": self.train_uri, "valid": self.valid_uri, "test": self.test_uri}
@@ -144,48 +149,64 @@ class PreprocessOperator(MLBaseOperator):
             local = Path(tmp) / "out"
             local.mkdir()
 
-            def load(split: str) -> pd.DataFrame:
-                path = self.fetch_file(inputs[split], tmp)
-                if path.lower().endswith((".csv", ".csv.gz")):
-                    return pd.read_csv(path)
-                return pq.read_table(path).to_pandas()
+            def is_csv(path: str) -> bool:
+                return path.lower().endswith((".csv", ".csv.gz"))
 
-            train_df = load("train")
-            if train_df.empty:
+            # Parquet splits are fitted from streaming statistics and transformed row group by row
+            # group (ml/features/streaming.py: memory does not grow with the rows); CSV is read whole
+            train_path = self.fetch_file(inputs["train"], tmp)
+            if is_csv(train_path):
+                train_df = pd.read_csv(train_path)
+                n_train, columns = len(train_df), list(train_df.columns)
+            else:
+                train_df = None
+                schema, n_train = parquet_schema(parquet_files(train_path))
+                columns = list(schema.names)
+            if n_train == 0:
                 raise ValueError(f"PreprocessOperator({self.task_id}): the training split {inputs['train']} has no rows")
-            missing = [c for c in keep if c not in train_df.columns]
+            missing = [c for c in keep if c not in columns]
             if missing:
                 raise ValueError(
                     f"PreprocessOperator({self.task_id}): keep_columns {missing} not in the training data; "
-                    f"columns: {list(train_df.columns)}"
+                    f"columns: {columns}"
                 )
-            fitted = fit(spec, train_df)
+            fitted = fit(spec, train_df) if train_df is not None else fit_parquet(spec, train_path)
             fitted.save(local / "fitted_spec.json")
             label = getattr(fitted, "label", None)
             names = list(fitted.feature_names)
-            self.log.info("Fitted %d features on %d training rows (label %r, hash %s)", len(names), len(train_df),
+            self.log.info("Fitted %d features on %d training rows (label %r, hash %s)", len(names), n_train,
                           label, getattr(fitted, "content_hash", "?"))
             rows: dict[str, int] = {}
             for split in SPLITS:
                 if not inputs.get(split):
                     continue
-                df = train_df if split == "train" else load(split)
-                if split != "train" and df.empty:
+                path = train_path if split == "train" else self.fetch_file(inputs[split], tmp)
+                if is_csv(path):
+                    df = train_df if split == "train" and train_df is not None else pd.read_csv(path)
+                    split_columns, n_split = list(df.columns), len(df)
+                else:
+                    df = None
+                    schema, n_split = parquet_schema(parquet_files(path))
+                    split_columns = list(schema.names)
+                if split != "train" and n_split == 0:
                     continue
-                X = fitted.transform(df)
-                y = None
-                if label:
-                    if label not in df.columns:
-                        raise ValueError(
-                            f"PreprocessOperator({self.task_id}): label column {label!r} is missing from the "
-                            f"{split} split; columns: {list(df.columns)}"
-                        )
-                    y = df[label].to_numpy(dtype="float32", na_value=float("nan"))
-                extra = {c: df[c].to_numpy() for c in keep} if keep else None
-                write_feature_table(local / f"{split}.parquet", X, y=y, feature_names=names, extra_columns=extra)
-                rows[split] = int(X.shape[0])
-                self.log.info("%s: %d rows x %d features", split, X.shape[0], X.shape[1])
-                del X, df
+                if label and label not in split_columns:
+                    raise ValueError(
+                        f"PreprocessOperator({self.task_id}): label column {label!r} is missing from the "
+                        f"{split} split; columns: {split_columns}"
+                    )
+                if df is None:
+                    n = transform_parquet(fitted, path, local / f"{split}.parquet", keep_columns=keep)
+                else:
+                    X = fitted.transform(df)
+                    y = df[label].to_numpy(dtype="float32", na_value=float("nan")) if label else None
+                    extra = {c: df[c].to_numpy() for c in keep} if keep else None
+                    write_feature_table(local / f"{split}.parquet", X, y=y, feature_names=names, extra_columns=extra)
+                    n = int(X.shape[0])
+                    del X
+                rows[split] = n
+                self.log.info("%s: %d rows x %d features", split, n, len(names))
+                del df
             self.publish_dir(local, out_uri)
         return make_record(
             "preprocess",
