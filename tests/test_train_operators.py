@@ -342,7 +342,6 @@ def test_word2vec_from_a_sequence_column_and_errors(home, tmp_path):
 def test_word2vec_is_not_evaluated_but_published_as_an_embedding_bundle(home, w2v):
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from airflow_ml_provider.ml.bundle import load_bundle
     from airflow_ml_provider.ml.trainers import load_predictor
 
     out, x = w2v
@@ -426,7 +425,7 @@ def test_dag_files_parse_without_heavy_imports():
     assert heavy == []
     pipeline = ["evaluate", "preprocess", "publish", "sample", "train"]
     assert dags == {"tensorflow_recommendation": pipeline, "linear_recommendation": pipeline,
-                    "gbdt_recommendation": pipeline, "item2vec": ["sample", "train"]}
+                    "gbdt_recommendation": pipeline, "item2vec": ["publish", "sample", "train"]}
 
 
 # -- one real Airflow run ----------------------------------------------------------------------
@@ -473,8 +472,10 @@ def test_item2vec_dag_tasks_on_the_audio_data(home, monkeypatch):
     dag = module.dag
     params = dag.params.dump()
     assert params["vector_size"] == 32 and params["only_listened"] is False
+    assert params["min_hit_rate_ratio"] == 0.9
+    params["min_hit_rate_ratio"] = 0  # publish whatever the hit rate (the gate is tested above)
     x: dict = {}
-    for task_id in ("sample", "train"):
+    for task_id in ("sample", "train", "publish"):
         task = dag.get_task(task_id)
         c = {**ctx(x, run_id="item2vec_run", dag_id="item2vec", params=params), "dag": dag}
         task.render_template_fields(c, jinja_env=dag.get_template_env())
@@ -487,6 +488,12 @@ def test_item2vec_dag_tasks_on_the_audio_data(home, monkeypatch):
     ev = json.loads(Path(out["evaluation_uri"]).read_text())
     # the synthetic plays have no sequential pattern: the hit rate is measured, not expected to beat popularity
     assert ev["pairs"] > 100 and 0 < ev["hit_rate"] < 0.5 and 0 < ev["popularity_hit_rate"] < 0.5, ev
+    # published as an embedding bundle under the DAG's model name, in the ML home's registry
+    [row] = ModelRegistry(f"sqlite:///{home / 'registry.db'}").list(module.MODEL_NAME)
+    assert (row.version, row.framework, row.dag_id, row.run_id) == (x["publish"]["version"], "word2vec", "item2vec",
+                                                                    "item2vec_run")
+    bundle = load_bundle(row.bundle_uri)
+    assert bundle.kind == "embedding" and bundle.metrics["hit_rate"] == ev["hit_rate"]
 
     # items of one category (users favour one) are nearer to each other than to other items
     import sqlite3
