@@ -246,3 +246,24 @@ def test_bad_input_is_named(tmp_path):
 def _write(path, table):
     pq.write_table(table, path)
     return path
+
+
+def test_cli_fits_and_transforms_a_parquet_directory_in_batches(data, tmp_path, capsys):
+    from airflow_ml_provider.cli import main
+    from airflow_ml_provider.ml.features import FittedSpec
+
+    src, table = data
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC_YAML)
+    fitted_path, out = tmp_path / "fitted.json", tmp_path / "wide.parquet"
+    assert main(["features", "fit", "--spec", str(spec_path), "--data", str(src), "--out", str(fitted_path)]) == 0
+    assert f"on {table.num_rows} rows" in capsys.readouterr().out
+    fitted = FittedSpec.load(fitted_path)
+    df = table.to_pandas()
+    assert fitted.content_hash == fit(FeatureSpec.from_yaml(SPEC_YAML), df).content_hash
+    assert main(["features", "transform", "--fitted", str(fitted_path), "--data", str(src), "--out", str(out)]) == 0
+    wide = pq.read_table(out)
+    assert pq.ParquetFile(out).metadata.num_row_groups >= 2  # written batch by batch
+    matrix = np.column_stack([wide.column(c).to_numpy() for c in fitted.feature_names])
+    assert matrix.view(np.uint32).tobytes() == fitted.transform(df).view(np.uint32).tobytes()
+    np.testing.assert_array_equal(wide.column("clicked").to_numpy(), df["clicked"].to_numpy())

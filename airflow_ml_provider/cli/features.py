@@ -7,7 +7,9 @@
     airflow-ml features show --fitted fitted.json
     airflow-ml features transformers
 
-Input data: Parquet (a file or a directory of files) or CSV; output: Parquet. Outputs are
+Input data: Parquet (a file or a directory of files) or CSV; output: Parquet. A local Parquet input
+is fitted from streaming statistics and transformed batch by batch
+(:mod:`airflow_ml_provider.ml.features.streaming`), so memory does not grow with its rows. Outputs are
 written to a temporary file and renamed into place, so a failed run leaves no partial file.
 Every path may also be a storage URI (``file:///...``, ``webhdfs://<conn_id>@/path``), read and
 written through :mod:`airflow_ml_provider.ml.storage`.
@@ -175,26 +177,47 @@ def _atomic_write(out: str, write) -> None:
         raise
 
 
+def _local_parquet(path: str) -> tuple[list, object, int] | None:
+    """(files, schema, rows) of a local Parquet file or directory (the streamed path), else None."""
+    if _is_uri(path):
+        return None
+    p = Path(path)
+    if not (p.is_dir() or (p.is_file() and p.name.lower().endswith(PARQUET_SUFFIXES))):
+        return None
+    from airflow_ml_provider.ml.features import FeatureError
+    from airflow_ml_provider.ml.features.streaming import parquet_files, parquet_schema
+
+    try:
+        files = parquet_files(p)
+        schema, rows = parquet_schema(files)
+    except FeatureError as exc:  # "<file>: <problem>"
+        raise CLIError(f"cannot read {exc}") from None
+    return files, schema, rows
+
+
 def _fit(args: argparse.Namespace) -> int:
     from airflow_ml_provider.ml.features import FeatureError, FeatureSpec, fit
+    from airflow_ml_provider.ml.features.streaming import fit_parquet
 
     text = _read_text(args.spec, "spec file")
     try:
         spec = FeatureSpec.from_yaml(text, source=args.spec)
     except FeatureError as exc:
         raise CLIError(str(exc)) from None
-    df = read_table(args.data)
+    source = _local_parquet(args.data)
+    df = read_table(args.data) if source is None else None
     try:
-        fitted = fit(spec, df)
+        fitted = fit(spec, df) if source is None else fit_parquet(spec, args.data)
     except FeatureError as exc:
         raise CLIError(f"{args.data}: {exc}") from None
+    n_rows = len(df) if source is None else source[2]
 
     def write(tmp: str) -> None:
         Path(tmp).write_text(fitted.to_json(), encoding="utf-8")
 
     _atomic_write(args.out, write)
     print(
-        f"fitted {len(spec.features)} features on {len(df)} rows -> {fitted.n_outputs} columns; "
+        f"fitted {len(spec.features)} features on {n_rows} rows -> {fitted.n_outputs} columns; "
         f"wrote {args.out} ({fitted.content_hash})"
     )
     return 0
@@ -217,6 +240,9 @@ def _transform(args: argparse.Namespace) -> int:
     from airflow_ml_provider.ml.features import FeatureError
 
     fitted = _load_fitted(args.fitted)
+    source = _local_parquet(args.data)
+    if source is not None and source[2] > 0:
+        return _transform_streamed(args, fitted, source)
     df = read_table(args.data)
     try:
         matrix = fitted.transform(df)
@@ -230,6 +256,54 @@ def _transform(args: argparse.Namespace) -> int:
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     _atomic_write(args.out, lambda tmp: pq.write_table(table, tmp))
     print(f"transformed {len(df)} rows -> {matrix.shape[1]} columns; wrote {args.out}")
+    return 0
+
+
+def _output_table(fitted, matrix, df):
+    """The CLI's output layout: one float32 column per feature, then the label if the data has it."""
+    import pyarrow as pa
+
+    table = pa.table({name: matrix[:, i] for i, name in enumerate(fitted.feature_names)})
+    if fitted.label is not None and fitted.label in df.columns:
+        table = table.append_column(fitted.label, pa.array(df[fitted.label].to_numpy()))
+    metadata = {b"airflow_ml.fitted_spec_hash": fitted.content_hash.encode()}
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+
+
+def _transform_streamed(args: argparse.Namespace, fitted, source) -> int:
+    """Transform a local Parquet input batch by batch; each batch is written as a row group."""
+    import pyarrow.parquet as pq
+
+    from airflow_ml_provider.ml.features import FeatureError
+    from airflow_ml_provider.ml.features.fitted import _check_columns
+    from airflow_ml_provider.ml.features.streaming import batch_frame, iter_parquet
+
+    files, schema, n_rows = source
+    try:
+        _check_columns(schema.empty_table(), fitted.spec.features)
+    except FeatureError as exc:
+        raise CLIError(f"{args.data}: {exc}") from None
+    wanted = list(fitted._input_columns)
+    if fitted.label is not None and fitted.label in schema.names and fitted.label not in wanted:
+        wanted.append(fitted.label)
+
+    def write(tmp: str) -> None:
+        writer = None
+        try:
+            for table in iter_parquet(files, wanted):
+                df = batch_frame(table)
+                out = _output_table(fitted, fitted.transform(df), df)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, out.schema)
+                writer.write_table(out)
+        except FeatureError as exc:
+            raise CLIError(f"{args.data}: {exc}") from None
+        finally:
+            if writer is not None:
+                writer.close()
+
+    _atomic_write(args.out, write)
+    print(f"transformed {n_rows} rows -> {fitted.n_outputs} columns; wrote {args.out}")
     return 0
 
 
