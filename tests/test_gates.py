@@ -49,9 +49,11 @@ def test_champion_challenger_higher_is_better():
     r = evaluate_gates({"auc": 0.70}, None, {"auc": 0.72}, "auc", 0.0)
     assert r.reasons == ["challenger auc 0.7 does not beat champion 0.72"]
     assert evaluate_gates({"auc": 0.73}, None, {"auc": 0.72}, "auc", 0.0).passed
-    assert evaluate_gates({"auc": 0.72}, None, {"auc": 0.72}, "auc", 0.0).passed  # a tie passes
+    r = evaluate_gates({"auc": 0.72}, None, {"auc": 0.72}, "auc", 0.0)  # a tie does not publish by default
+    assert r.reasons == ["challenger auc 0.72 ties champion 0.72 (a tie does not publish; set publish_on_tie to allow it)"]
+    assert evaluate_gates({"auc": 0.72}, None, {"auc": 0.72}, "auc", 0.0, allow_tie=True).passed
     r = evaluate_gates({"auc": 0.725}, None, {"auc": 0.72}, "auc", 0.01)
-    assert r.reasons == ["challenger auc 0.725 does not improve on champion 0.72 by at least 0.01"]
+    assert r.reasons == ["challenger auc 0.725 does not improve on champion 0.72 by more than 0.01"]
     assert evaluate_gates({"auc": 0.715}, None, {"auc": 0.72}, "auc", -0.01).passed  # tolerance
 
 
@@ -104,3 +106,20 @@ def test_parse_thresholds_normalises():
     ]
     with pytest.raises(GateConfigError, match="maximums: cannot parse key 'auc>='"):
         parse_thresholds(None, {"auc>=": 1})
+
+
+def test_tie_semantics_strictly_better_by_default():
+    # an identical re-run: the same metric to the last bit
+    same = {"auc": 0.8123456789, "logloss": 0.41}
+    assert not evaluate_gates(same, None, dict(same), "auc").passed
+    assert not evaluate_gates(same, None, dict(same), "logloss").passed
+    assert evaluate_gates(same, None, dict(same), "auc", allow_tie=True).passed
+    assert evaluate_gates(same, None, dict(same), "logloss", allow_tie=True).passed
+    # the smallest real improvement passes without allow_tie
+    better = {"auc": 0.8123456789 + 1e-9}
+    assert evaluate_gates(better, None, same, "auc").passed
+    # with a margin: exactly the margin is a tie with the bar
+    assert not evaluate_gates({"auc": 0.75}, None, {"auc": 0.5}, "auc", 0.25).passed
+    assert evaluate_gates({"auc": 0.75}, None, {"auc": 0.5}, "auc", 0.25, allow_tie=True).passed
+    # a tolerance still lets a slightly worse challenger through, and a tie
+    assert evaluate_gates(same, None, dict(same), "auc", -0.01).passed

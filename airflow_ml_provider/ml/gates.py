@@ -17,13 +17,15 @@ Thresholds
     are strings); the whole mapping may also be given as a JSON string.
 
 Champion/challenger
-    With ``champion_metrics`` (the currently published model's metrics) the challenger must
-    improve ``compare_on`` by at least ``min_improvement`` (absolute, in the metric's unit):
-    ``challenger - champion >= min_improvement`` for higher-is-better metrics,
-    ``champion - challenger >= min_improvement`` for loss-like ones. With the default
-    ``min_improvement = 0`` a tie passes (re-training on fresh data with equal quality publishes);
-    a negative ``min_improvement`` is a tolerance. No champion (first model) or a champion that
-    lacks the metric skips the comparison, with a note in ``checks``.
+    With ``champion_metrics`` (the currently published model's metrics -- ``EvaluateOperator``
+    re-scores the champion on the challenger's own test rows) the challenger must improve
+    ``compare_on`` by MORE than ``min_improvement`` (absolute, in the metric's unit):
+    ``challenger - champion > min_improvement`` for higher-is-better metrics,
+    ``champion - challenger > min_improvement`` for loss-like ones. With the default
+    ``min_improvement = 0`` the challenger must be strictly better: a tie (an identical re-run)
+    does not publish a new version. ``allow_tie=True`` (the ``publish_on_tie`` setting) turns the
+    ``>`` into ``>=``. A negative ``min_improvement`` is a tolerance. No champion (first model) or a
+    champion that lacks the metric skips the comparison, with a note in ``checks``.
 
 A metric that is missing from ``metrics`` or is ``None`` (e.g. AUC on a one-class test set) fails
 its gate with a reason naming it: a typo in a threshold name must not publish silently.
@@ -165,6 +167,7 @@ def evaluate_gates(
     *,
     maximums: Any = None,
     higher_is_better: bool | None = None,
+    allow_tie: bool = False,
 ) -> GateResult:
     """Check ``metrics`` against thresholds and against the champion.
 
@@ -176,6 +179,7 @@ def evaluate_gates(
     :param min_improvement: absolute improvement the challenger needs over the champion.
     :param maximums: upper bounds, ``{"logloss": 0.5}``.
     :param higher_is_better: direction of ``compare_on``; default: inferred from its name.
+    :param allow_tie: an improvement of exactly ``min_improvement`` (by default: a tie) passes.
     :returns: :class:`GateResult`.
     """
     reasons: list[str] = []
@@ -215,15 +219,19 @@ def evaluate_gates(
             checks.append(f"note champion has no {compare_on}; comparison skipped")
         else:
             improvement = (chal - champ) if higher else (champ - chal)
-            need = "" if min_improvement == 0 else f" by at least {_fmt(min_improvement)}"
-            if improvement >= min_improvement:
+            need = "" if min_improvement == 0 else f" by {'at least' if allow_tie else 'more than'} {_fmt(min_improvement)}"
+            if improvement > min_improvement or (allow_tie and improvement == min_improvement):
                 checks.append(
                     f"ok   challenger {compare_on} {_fmt(chal)} vs champion {_fmt(champ)}"
                     f" (improvement {_fmt(improvement)}{', lower is better' if not higher else ''})"
                 )
             else:
                 verb = "does not beat" if improvement < 0 or min_improvement == 0 else "does not improve on"
+                if improvement == 0 and min_improvement == 0:
+                    verb = "ties"  # equal quality: no new version unless ties are allowed
                 msg = f"challenger {compare_on} {_fmt(chal)} {verb} champion {_fmt(champ)}{need}"
+                if improvement == min_improvement:
+                    msg += " (a tie does not publish; set publish_on_tie to allow it)"
                 if not higher:
                     msg += " (lower is better)"
                 reasons.append(msg)

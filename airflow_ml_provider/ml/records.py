@@ -33,7 +33,8 @@ word2vec       uri, framework, task, train_seconds, train_uri, valid_uri, vocabu
                sentences, eval_k, hit_rate, popularity_hit_rate, evaluation_uri
 evaluate       uri, model_name, model_uri, data_uri, spec_hash, task, n_rows, auc, ks, logloss,
                rmse, mae, r2, metrics_uri, charts_uri, gate_uri, gate_passed, gate_reasons,
-               champion_version
+               champion_version, champion_rescored, champion_auc, champion_ks, champion_logloss,
+               champion_rmse, champion_mae, champion_r2, champion_metrics_uri
 publish        name, version, uri, checksum, registry_id, evaluated
 =============  ================================================================================
 
@@ -76,7 +77,8 @@ RECORD_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
                  "sentences", "eval_k", "hit_rate", "popularity_hit_rate", "evaluation_uri"),
     "evaluate": ("uri", "model_name", "model_uri", "data_uri", "spec_hash", "task", "n_rows", "auc", "ks",
                  "logloss", "rmse", "mae", "r2", "metrics_uri", "charts_uri", "gate_uri", "gate_passed",
-                 "gate_reasons", "champion_version"),
+                 "gate_reasons", "champion_version", "champion_rescored", "champion_auc", "champion_ks",
+                 "champion_logloss", "champion_rmse", "champion_mae", "champion_r2", "champion_metrics_uri"),
     "publish": ("name", "version", "uri", "checksum", "registry_id", "evaluated"),
 })
 
