@@ -145,6 +145,12 @@ class TrainModelOperator(MLBaseOperator):
             out.pop("early_stopping_rounds")  # 0 disables early stopping, as in the XGBoost operator
         return out
 
+    def train_tables(self, framework: str, params: dict[str, Any], train_uri: str, valid_uri: str | None,
+                     tmp: str, local: str) -> Any:
+        """Train without loading the tables into this process (Dask, external memory): the
+        ``TrainResult``, or None to train in memory (the default)."""
+        return None
+
     # -- the shared training run ---------------------------------------------------------------
 
     def run(self, context: Any) -> dict[str, Any]:
@@ -165,15 +171,17 @@ class TrainModelOperator(MLBaseOperator):
         out_uri = self.resolved_output_uri(context)
         self.log.info("Training %s on %s (validation: %s)", framework, train_uri, valid_uri or "none")
         with self.workdir("train") as tmp:
-            train = read_feature_table(self.fetch_file(train_uri, tmp))
-            valid = read_feature_table(self.fetch_file(valid_uri, tmp)) if valid_uri else None
-            if valid is not None and valid.n_rows == 0:
-                valid = None
-            if valid is None and params.get("early_stopping_rounds"):
-                self.log.warning("No validation table: early stopping is off")
-                params.pop("early_stopping_rounds")
             local = f"{tmp}/model"
-            result = get_trainer(framework).train(train, valid, params, local, log=self.log.info)
+            result = self.train_tables(framework, params, train_uri, valid_uri, tmp, local)
+            if result is None:
+                train = read_feature_table(self.fetch_file(train_uri, tmp))
+                valid = read_feature_table(self.fetch_file(valid_uri, tmp)) if valid_uri else None
+                if valid is not None and valid.n_rows == 0:
+                    valid = None
+                if valid is None and params.get("early_stopping_rounds"):
+                    self.log.warning("No validation table: early stopping is off")
+                    params.pop("early_stopping_rounds")
+                result = get_trainer(framework).train(train, valid, params, local, log=self.log.info)
             self.publish_dir(local, out_uri)
         metric, value = _final_metric(result.history)
         return make_record(
@@ -209,6 +217,14 @@ class XGBoostTrainOperator(TrainModelOperator):
     :param seed: random seed.
     :param booster_params: any further booster params (``subsample``, ``colsample_bytree``, ``lambda``...).
     :param log_every: log every N rounds.
+    :param cluster: train with ``xgboost.dask`` on a Dask cluster: a scheduler address
+        (``tcp://scheduler:8786``; the workers must read the feature tables' URIs and have this package
+        installed), or ``"local:N"`` / ``N`` for a LocalCluster of N worker processes started and closed
+        by the task. Default None: one process (docs/trainers.md, "Beyond one process").
+    :param cluster_options: for a local cluster: ``{"threads_per_worker": 1, "memory_limit": "4GiB"}``.
+    :param external_memory: train on this node with XGBoost's external memory (``ExtMemQuantileDMatrix``
+        over batches streamed from the tables): for tables larger than RAM. ``tree_method`` must be ``hist``.
+    :param partition_rows: rows per Dask partition / external-memory batch (default 262144).
     :param storage_root: see :class:`~airflow_ml_provider.operators.base.MLBaseOperator`.
     :param output_uri: the model directory; default ``<storage_root>/runs/<dag>/<run>/<task>``.
     """
@@ -216,9 +232,9 @@ class XGBoostTrainOperator(TrainModelOperator):
     template_fields: Sequence[str] = (
         "input_task_id", "train_uri", "valid_uri", "objective", "eta", "max_depth", "num_boost_round",
         "early_stopping_rounds", "eval_metric", "tree_method", "device", "nthread", "seed", "booster_params",
-        "log_every", "storage_root", "output_uri",
+        "log_every", "cluster", "cluster_options", "external_memory", "partition_rows", "storage_root", "output_uri",
     )
-    template_fields_renderers = {"booster_params": "json"}
+    template_fields_renderers = {"booster_params": "json", "cluster_options": "json"}
 
     def __init__(
         self,
@@ -238,6 +254,10 @@ class XGBoostTrainOperator(TrainModelOperator):
         seed: int | str = 0,
         booster_params: Mapping[str, Any] | str | None = None,
         log_every: int | str = 1,
+        cluster: str | int | None = None,
+        cluster_options: Mapping[str, Any] | str | None = None,
+        external_memory: bool | str = False,
+        partition_rows: int | str | None = None,
         storage_root: str | None = None,
         output_uri: str | None = None,
         **kwargs: Any,
@@ -264,9 +284,39 @@ class XGBoostTrainOperator(TrainModelOperator):
         self.seed = seed
         self.booster_params = booster_params
         self.log_every = log_every
+        self.cluster = cluster
+        self.cluster_options = cluster_options
+        self.external_memory = external_memory
+        self.partition_rows = partition_rows
 
     def framework_name(self) -> str:
         return "xgboost"
+
+    def train_tables(self, framework: str, params: dict[str, Any], train_uri: str, valid_uri: str | None,
+                     tmp: str, local: str) -> Any:
+        """Dask (``cluster``) or external-memory (``external_memory``) training; None: in memory."""
+        cluster = self.cluster if self.cluster not in (None, "", "None", "none", 0, "0") else None
+        ext = str(self.external_memory).strip().lower() in ("1", "true", "yes", "on")
+        if cluster is None and not ext:
+            return None
+        if cluster is not None and ext:
+            raise ValueError(f"XGBoostTrainOperator({self.task_id}): cluster and external_memory exclude each other")
+        from airflow_ml_provider.ml.trainers import xgboost_dask
+
+        rows = self.as_int("partition_rows", self.partition_rows) or xgboost_dask.DEFAULT_PARTITION_ROWS
+        if cluster is not None:
+            opts = self.as_obj("cluster_options", self.cluster_options) or {}
+            if not isinstance(opts, Mapping) or set(opts) - {"threads_per_worker", "memory_limit"}:
+                raise ValueError(f"XGBoostTrainOperator({self.task_id}): cluster_options takes threads_per_worker "
+                                 f"and memory_limit, got {opts!r}")
+            # the workers read the tables themselves: URIs, not this task's local copies
+            return xgboost_dask.train_on_dask(
+                train_uri, valid_uri, params, local, cluster, partition_rows=rows,
+                threads_per_worker=opts.get("threads_per_worker"), memory_limit=opts.get("memory_limit", "auto"),
+                log=self.log.info)
+        return xgboost_dask.train_external_memory(
+            self.fetch_file(train_uri, tmp), self.fetch_file(valid_uri, tmp) if valid_uri else None, params,
+            local, f"{tmp}/xgb-cache", batch_rows=rows, log=self.log.info)
 
     def trainer_params(self) -> dict[str, Any]:
         """The flat params dict of :mod:`airflow_ml_provider.ml.trainers.xgboost`."""
