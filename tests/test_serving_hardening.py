@@ -414,3 +414,36 @@ def test_connections_over_the_cap_are_refused(tmp_path, served):
         assert "--max-connections" in server.log()  # logged once, at WARNING
     finally:
         server.stop()
+
+
+def test_big_bodies_are_counted_before_parsing_in_process():
+    """Bodies over PRECOUNT_BYTES are counted by simdjson first: the same answers as the parse path."""
+    from airflow_ml_provider.serving.app import PRECOUNT_BYTES, ServingApp, _count_instances
+    from airflow_ml_provider.serving.metrics import ServingMetrics
+
+    over = json.dumps({"instances": [{"age": 30, "city": "x" * 8}] * 20_001}).encode()
+    assert len(over) > PRECOUNT_BYTES and _count_instances(over) == 20_001
+    columns = json.dumps({"inputs": {"age": [1.25] * 60_000, "city": ["beijing"] * 60_000}}).encode()
+    assert _count_instances(columns) == 60_000
+    for odd in (b'{"instances": 3}' + b" " * PRECOUNT_BYTES, b"[" + b"1," * PRECOUNT_BYTES + b"1]",
+                b'{"inputs": {"a": [1, 2' + b" " * PRECOUNT_BYTES, b"\xff" * (PRECOUNT_BYTES + 1),
+                json.dumps({"instances": [{"id": 2**70}] * 30_000}).encode()):
+        assert _count_instances(odd) in (None, 30_000)  # unsure -> None; the parser decides
+
+    from airflow_ml_provider.serving.errors import BadRequest
+
+    class Manager:
+        models = ("m",)
+        metrics = ServingMetrics(["m"])
+
+    app = ServingApp(Manager(), manage_lifecycle=False, max_instances=10_000)
+    for body, n in ((over, 20_001), (columns, 60_000)):
+        with pytest.raises(BadRequest) as err:
+            app._parse_instances(body)
+        assert err.value.message == f"{n} instances is over the limit of 10000 per request (--max-instances)"
+    # unsure bodies still get the parser's own message
+    with pytest.raises(BadRequest, match="^malformed JSON"):
+        app._parse_instances(b'{"inputs": {"a": [1, 2' + b" " * PRECOUNT_BYTES)
+    # a big body within the limit is parsed as usual
+    rows = app._parse_instances(json.dumps({"instances": [{"age": 30, "city": "x" * 40}] * 6000}).encode())
+    assert len(rows) == 6000 and rows[0] == {"age": 30, "city": "x" * 40}
