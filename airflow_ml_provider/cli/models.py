@@ -5,6 +5,11 @@ Examples::
     airflow-ml models list [--name churn] [--format table|json]
     airflow-ml models show churn [--version 3] [--format json|table]
     airflow-ml models rollback churn --to 2 [--by alice] [--reason "AUC drop in prod"]
+    airflow-ml models label churn stable --version 2        # /v1/models/churn/labels/stable:predict
+    airflow-ml models label churn stable --remove
+    airflow-ml models canary churn --version 3 --percent 10 # 10% of unpinned requests to version 3
+    airflow-ml models promote churn                         # the canary version becomes the served one
+    airflow-ml models abort churn                           # back to 100% on the served version
 
 Every command takes ``--registry URL_OR_CONN_ID``: a SQLAlchemy URL (``sqlite:////path/reg.db``,
 ``mysql://user:pw@host/db``) or an Airflow connection id. Without it the registry setting is used,
@@ -64,6 +69,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_rb.add_argument("--reason", default=None, help="why (kept in the registry)")
     add_registry(p_rb)
     p_rb.set_defaults(func=cmd_rollback)
+
+    def add_who(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--by", default=None, help="who asks (default: $USER)")
+        p.add_argument("--reason", default=None, help="why (kept in the registry's serving log)")
+        add_registry(p)
+
+    p_label = sub.add_parser("label", help="point a version label at a version, or remove it",
+                             description="Point LABEL at a version (served at /v1/models/NAME/labels/LABEL), "
+                             "or remove it with --remove. Every service replica follows on its next poll.")
+    p_label.add_argument("name", help="model name")
+    p_label.add_argument("label", help="label name (letters, digits, '_', '-'; e.g. stable, canary)")
+    group = p_label.add_mutually_exclusive_group(required=True)
+    group.add_argument("--version", default=None, help="the version the label names")
+    group.add_argument("--remove", action="store_true", help="remove the label")
+    add_who(p_label)
+    p_label.set_defaults(func=cmd_label)
+
+    p_canary = sub.add_parser("canary", help="send a percentage of unpinned requests to a version",
+                              description="Send PERCENT %% of the requests without /versions/V or /labels/L "
+                              "to VERSION until `promote` or `abort`; replaces a running canary.")
+    p_canary.add_argument("name", help="model name")
+    p_canary.add_argument("--version", required=True, help="the canary version")
+    p_canary.add_argument("--percent", required=True, help="share of unpinned requests, 0 < P <= 100 "
+                          "(resolution 0.1)")
+    add_who(p_canary)
+    p_canary.set_defaults(func=cmd_canary)
+
+    p_promote = sub.add_parser("promote", help="make the canary version the served version")
+    p_promote.add_argument("name", help="model name")
+    add_who(p_promote)
+    p_promote.set_defaults(func=cmd_promote)
+
+    p_abort = sub.add_parser("abort", help="end the canary: 100%% of requests to the served version")
+    p_abort.add_argument("name", help="model name")
+    add_who(p_abort)
+    p_abort.set_defaults(func=cmd_abort)
 
     parser.set_defaults(func=lambda args: _usage(parser))
 
@@ -188,6 +229,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             record = _call(registry.get, args.name, version)
         versions = _call(registry.versions, args.name)
         events = _call(registry.events, args.name)
+        routing = _call(registry.serving_state, args.name).to_dict()
     finally:
         registry.dispose()
     data = record.to_dict()
@@ -196,6 +238,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     data["versions"] = versions
     last = events[-1] if events else None
     data["last_serving_event"] = last.to_dict() if last else None
+    data["labels"] = routing["labels"]  # label -> version (every label of the model)
+    data["canary"] = routing["canary"]  # {"version", "percent"} or None
     if args.format == "json":
         print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
         return 0
@@ -219,6 +263,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         if isinstance(value, list):
             value = ", ".join(str(v) for v in value)
         rows.append([key, "" if value is None else str(value)])
+    rows.append(["labels", ", ".join(f"{k}=v{v}" for k, v in data["labels"].items())])
+    canary = data["canary"]
+    rows.append(["canary", f"version {canary['version']} at {canary['percent']:g}%" if canary else ""])
     for key in sorted(record.metrics):
         rows.append([f"metrics.{key}", json.dumps(record.metrics[key], ensure_ascii=False)])
     if last is not None:
@@ -243,4 +290,84 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         f"model {args.name!r}: now serving version {event.version}{was}; "
         f"rollback event {event.id} recorded, the model service follows it on its next poll"
     )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# labels and canary
+
+
+def _who(args: argparse.Namespace) -> str | None:
+    return args.by or os.environ.get("USER") or os.environ.get("USERNAME") or None
+
+
+_FOLLOW = "every model service follows it on its next poll"
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from airflow_ml_provider.ml.registry import validate_label
+
+    _call(_check_name, args.name)
+    _call(validate_label, args.label)
+    version = None if args.remove else _version_arg(args.version)
+    registry = _open(args)
+    try:
+        if args.remove:
+            event = _call(registry.remove_label, args.name, args.label, by=_who(args), reason=args.reason)
+        else:
+            event = _call(registry.set_label, args.name, args.label, version, by=_who(args), reason=args.reason)
+    finally:
+        registry.dispose()
+    if args.remove:
+        print(f"model {args.name!r}: label {args.label!r} removed (it named version {event.version}); "
+              f"event {event.id} recorded, {_FOLLOW}")
+    else:
+        print(f"model {args.name!r}: label {args.label!r} -> version {event.version}; "
+              f"event {event.id} recorded, {_FOLLOW}")
+    return 0
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    from airflow_ml_provider.ml.registry import validate_percent
+
+    _call(_check_name, args.name)
+    version = _version_arg(args.version)
+    percent = _call(validate_percent, args.percent)
+    registry = _open(args)
+    try:
+        event = _call(registry.start_canary, args.name, version, percent, by=_who(args), reason=args.reason)
+        current = _call(registry.current, args.name)
+    finally:
+        registry.dispose()
+    served = f"version {current.version}" if current is not None else "nothing"
+    print(f"model {args.name!r}: canary version {event.version} gets {percent:g}% of unpinned requests "
+          f"({served} the rest); event {event.id} recorded, {_FOLLOW}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    _call(_check_name, args.name)
+    registry = _open(args)
+    try:
+        before = _call(registry.current, args.name)
+        event = _call(registry.promote, args.name, by=_who(args), reason=args.reason)
+    finally:
+        registry.dispose()
+    was = f" (was version {before.version})" if before is not None else ""
+    print(f"model {args.name!r}: canary version {event.version} promoted, now serving it{was}; "
+          f"event {event.id} recorded, {_FOLLOW}")
+    return 0
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    _call(_check_name, args.name)
+    registry = _open(args)
+    try:
+        event = _call(registry.abort_canary, args.name, by=_who(args), reason=args.reason)
+        current = _call(registry.current, args.name)
+    finally:
+        registry.dispose()
+    served = f"version {current.version}" if current is not None else "the served version"
+    print(f"model {args.name!r}: canary version {event.version} aborted, 100% of requests to {served}; "
+          f"event {event.id} recorded, {_FOLLOW}")
     return 0

@@ -4,9 +4,11 @@ Routes::
 
     POST /v1/models/{name}:predict                  {"instances": [{raw features}, ...]}
     POST /v1/models/{name}/versions/{v}:predict     the same, pinned to a loaded version
+    POST /v1/models/{name}/labels/{label}:predict   the same, on the version a label names
     POST /v1/models/{name}[/versions/{v}]:similar   embedding models: nearest items (serving/embeddings.py)
     GET  /v1/models/{name}                          {"model_version_status": [...]}
     GET  /v1/models/{name}/versions/{v}             the same, for one version
+    GET  /v1/models/{name}/labels/{label}           the same, for the version a label names
     GET  /v1/models/{name}/metadata                 the features the model takes (from its fitted spec)
     GET  /healthz                                   liveness (never needs the token)
     GET  /readyz                                    200 once every model serves a version, else 503
@@ -45,6 +47,7 @@ from airflow_ml_provider.serving.errors import (
 )
 from airflow_ml_provider.serving.heap import settle_heap
 from airflow_ml_provider.serving.manager import ModelManager
+from airflow_ml_provider.serving.routing import ROUTE_LABEL, ROUTE_PINNED
 
 log = logging.getLogger("airflow_ml_provider.serving")
 
@@ -265,14 +268,14 @@ class ServingApp:
                 is_predict = True
                 _allow(method, ("POST",))
                 body = await self._read_body(scope, receive)
-                rows = await self._predict(name, version, body, send)
+                rows = await self._predict(name, version, body, send, started)
             elif rest.endswith(":similar"):  # embedding models: nearest items (serving/embeddings.py)
                 name, version = _parse_model_path(rest[: -len(":similar")])
                 model_label = name
                 is_predict = True
                 _allow(method, ("POST",))
                 body = await self._read_body(scope, receive)
-                rows = await embeddings.handle_similar(self, self._model(name, version), body, send)
+                rows = await embeddings.handle_similar(self, self._choose(name, version)[0], body, send)
             else:
                 if ":" in rest.rsplit("/", 1)[-1]:
                     verb = rest.rsplit(":", 1)[-1]
@@ -392,7 +395,9 @@ class ServingApp:
             raise BadRequest(f"{n} instances is over the limit of {self.max_instances} "
                              "per request (--max-instances)")
 
-    def _model(self, name: str, version: int | None):
+    def _model(self, name: str, version: int | str | None):
+        if isinstance(version, str):  # /labels/{label}
+            return self._labelled(name, version)
         model = self.manager.get(name, version)
         if model is not None:
             return model
@@ -405,22 +410,52 @@ class ServingApp:
                            f"{', '.join(map(str, loaded)) or 'none'}")
         raise Unavailable(f"model {name!r} has no version loaded yet")
 
-    async def _predict(self, name: str, version: int | None, body: bytes, send: Send) -> int:
-        model = self._model(name, version)  # the one reference this request uses to the end
-        if getattr(model, "kind", None) == "embedding":  # item ids -> vectors (serving/embeddings.py)
-            return await embeddings.handle_predict(self, model, body, send)
-        instances = self._parse_instances(body)
-        if len(instances) <= INLINE_ROWS:
-            predictions = model.predict(instances)
-        else:
-            predictions = await asyncio.get_running_loop().run_in_executor(None, model.predict, instances)
-        await _respond(send, 200, _dumps_predictions(predictions.tolist(), model.version), _JSON_HEADERS)
-        return len(instances)
+    def _choose(self, name: str, version: int | str | None) -> tuple[Any, str]:
+        """The model a request uses (one reference, to the end) and its route: an unpinned request
+        goes to the canary for the canary's share (serving/routing.py), else to the served version."""
+        if version is None:
+            model, route = self.manager.route(name)
+            if model is not None:
+                return model, route
+        return self._model(name, version), (ROUTE_LABEL if isinstance(version, str) else ROUTE_PINNED)
 
-    async def _status(self, name: str, version: int | None, send: Send) -> None:
+    async def _predict(self, name: str, version: int | str | None, body: bytes, send: Send,
+                       started: float) -> int:
+        model, route = self._choose(name, version)
+        if getattr(model, "kind", None) == "embedding":  # item ids -> vectors (serving/embeddings.py)
+            rows = await embeddings.handle_predict(self, model, body, send)
+        else:
+            instances = self._parse_instances(body)
+            if len(instances) <= INLINE_ROWS:
+                predictions = model.predict(instances)
+            else:
+                predictions = await asyncio.get_running_loop().run_in_executor(None, model.predict, instances)
+            await _respond(send, 200, _dumps_predictions(predictions.tolist(), model.version), _JSON_HEADERS)
+            rows = len(instances)
+        self.metrics.observe_version(name, model.version, route, time.perf_counter() - started)
+        return rows
+
+    def _labelled(self, name: str, label: str):
+        model = self.manager.get_label(name, label)
+        if model is not None:
+            return model
         if name not in self.manager.models:
             raise NotFound(f"unknown model {_short(name)!r}; this service serves: "
                            f"{', '.join(self.manager.models)}")
+        routes = self.manager.routes(name)
+        if label in routes.label_versions:
+            raise Unavailable(f"label {_short(label)!r} of model {name!r} names version "
+                              f"{routes.label_versions[label]}, which is not loaded (yet)")
+        known = ", ".join(sorted(routes.label_versions)) or "none"
+        raise NotFound(f"model {name!r} has no label {_short(label)!r} (labels: {known}); "
+                       f"set one with `airflow-ml models label {name} LABEL --version V`")
+
+    async def _status(self, name: str, version: int | str | None, send: Send) -> None:
+        if name not in self.manager.models:
+            raise NotFound(f"unknown model {_short(name)!r}; this service serves: "
+                           f"{', '.join(self.manager.models)}")
+        if isinstance(version, str):  # /labels/{label}: the version it names
+            version = self._labelled(name, version).version
         entries = self.manager.status(name)
         if version is not None:
             entries = [e for e in entries if e["version"] == str(version)]
@@ -479,18 +514,20 @@ def _allow(method: str, allowed: tuple[str, ...]) -> None:
                                headers={"allow": ", ".join(allowed)})
 
 
-def _parse_model_path(rest: str) -> tuple[str, int | None]:
-    """``name`` or ``name/versions/V`` -> (name, V or None)."""
+def _parse_model_path(rest: str) -> tuple[str, int | str | None]:
+    """``name``, ``name/versions/V`` or ``name/labels/L`` -> (name, None), (name, V) or (name, "L")."""
     parts = rest.split("/")
     if len(parts) == 1 and parts[0]:
         return parts[0], None
+    if len(parts) == 3 and parts[0] and parts[1] == "labels" and parts[2]:
+        return parts[0], parts[2]
     if len(parts) == 3 and parts[0] and parts[1] == "versions":
         text = parts[2]
         if not (text.isascii() and text.isdigit()) or len(text) > 18:
             raise NotFound(f"invalid version {_short(text)!r}: versions are positive integers")
         return parts[0], int(text)
-    raise NotFound(f"no route {_short(_PREFIX + rest)!r}; use /v1/models/{{name}} or "
-                   "/v1/models/{name}/versions/{v}")
+    raise NotFound(f"no route {_short(_PREFIX + rest)!r}; use /v1/models/{{name}}, "
+                   "/v1/models/{name}/versions/{v} or /v1/models/{name}/labels/{label}")
 
 
 def _short(text: str, limit: int = 120) -> str:

@@ -41,6 +41,7 @@ import numpy as np
 from airflow_ml_provider.serving.errors import BadRequest, ModelLoadError
 from airflow_ml_provider.serving.heap import settle_heap
 from airflow_ml_provider.serving.metrics import ServingMetrics
+from airflow_ml_provider.serving.routing import NO_ROUTES, ROUTE_CANARY, ROUTE_STABLE, CanarySplit, Routes
 
 log = logging.getLogger("airflow_ml_provider.serving")
 
@@ -342,6 +343,7 @@ class ModelManager:
         # Immutable snapshots, replaced whole (one assignment) by the poll thread.
         self._served: dict[str, LoadedModel] = {}
         self._versions: dict[str, dict[int, LoadedModel]] = {name: {} for name in self.models}
+        self._routes: dict[str, Routes] = {}  # labels and canary (serving/routing.py)
         # Poll-thread-only state.
         self._lru: dict[str, list[int]] = {name: [] for name in self.models}  # most recent last
         self._failures: dict[str, dict[int, _Failure]] = {name: {} for name in self.models}
@@ -360,6 +362,22 @@ class ModelManager:
             return self._served.get(name)
         versions = self._versions.get(name)
         return versions.get(version) if versions else None
+
+    def route(self, name: str) -> tuple[LoadedModel | None, str]:
+        """An unpinned request's model: the canary for its share of requests, else the served one."""
+        routes = self._routes.get(name)
+        if routes is not None and routes.canary is not None and routes.split.take():
+            return routes.canary, ROUTE_CANARY
+        return self._served.get(name), ROUTE_STABLE
+
+    def get_label(self, name: str, label: str) -> LoadedModel | None:
+        """The model ``label`` names (``/v1/models/{name}/labels/{label}``), if it is loaded."""
+        routes = self._routes.get(name)
+        return routes.labels.get(label) if routes is not None else None
+
+    def routes(self, name: str) -> Routes:
+        """The labels and canary of ``name`` (an immutable snapshot)."""
+        return self._routes.get(name, NO_ROUTES)
 
     def loaded_versions(self, name: str) -> list[int]:
         """The versions of ``name`` held in memory (pinnable), ascending."""
@@ -380,6 +398,13 @@ class ModelManager:
             entries[version] = _status_entry(version, "AVAILABLE", "OK", "")
             entries[version]["current"] = served is model
             entries[version]["load_seconds"] = round(model.load_seconds, 4)
+        routes = self._routes.get(name)
+        if routes is not None:
+            for label, version in routes.label_versions.items():
+                if version in entries:
+                    entries[version].setdefault("labels", []).append(label)
+            if routes.canary is not None and routes.canary.version in entries:
+                entries[routes.canary.version]["canary_percent"] = routes.split.percent
         loading = self._loading.get(name)
         if loading is not None and loading not in entries:
             entries[loading] = _status_entry(loading, "LOADING", "OK", "")
@@ -430,7 +455,10 @@ class ModelManager:
                 if self._stop.is_set() and self._thread is not None:
                     break
                 try:
-                    record = self.registry.current(name)
+                    # labels and canary come with the served record when the registry has them
+                    state_of = getattr(self.registry, "serving_state", None)
+                    state = state_of(name) if state_of is not None else None
+                    record = state.current if state is not None else self.registry.current(name)
                 except Exception as exc:  # noqa: BLE001 - registry down: keep serving
                     self.metrics.poll_failures.inc()
                     message = f"{type(exc).__name__}: {exc}"
@@ -449,6 +477,11 @@ class ModelManager:
                     self._follow(name, record)
                 except Exception:
                     log.exception("unexpected error while updating model %r", name)
+                if state is not None:
+                    try:
+                        self._follow_routes(name, state)
+                    except Exception:
+                        log.exception("unexpected error while updating the labels and canary of %r", name)
             self._last_poll = time.time()
             return {name: (m.version if (m := self._served.get(name)) else None) for name in self.models}
 
@@ -462,13 +495,22 @@ class ModelManager:
         served = self._served.get(name)
         if served is not None and served.version == version and served.uri == uri:
             return
+        model = self._obtain(name, record)
+        if model is not None:
+            self._swap(name, model)
+
+    def _obtain(self, name: str, record: Any) -> LoadedModel | None:
+        """The loaded model of ``record``: from the version cache, else loaded (with back-off on
+        failure: None, and the old state keeps serving)."""
+        version = record_version(record)
+        uri = record_uri(record)
         model = self._versions[name].get(version)
         if model is not None and model.uri != uri:
             model = None  # same number, different bundle: load the new bundle
         if model is None:
             failure = self._failures[name].get(version)
             if failure is not None and failure.uri == uri and time.monotonic() < failure.retry_at:
-                return
+                return None
             self._loading[name] = version
             try:
                 model = self.loader(name, record, self.cache_dir)
@@ -481,13 +523,58 @@ class ModelManager:
                 log.error("loading %s failed (attempt %d; still serving %s; retry in %.0f s): %s",
                           f"model {name!r} version {version}", attempts, self._describe(name), delay,
                           message)
-                return
+                return None
             finally:
                 self._loading[name] = None
             self._failures[name].pop(version, None)
             self.metrics.load_seconds.labels(name).observe(model.load_seconds)
             self._cache_put(name, model)
-        self._swap(name, model)
+        return model
+
+    def _follow_routes(self, name: str, state: Any) -> None:
+        """Load the versions the labels and the canary name, then publish the new routes at once.
+
+        A label or canary whose version cannot be loaded (yet) is left out: its requests get 404
+        (labels) or go to the served version (canary) until the load succeeds.
+        """
+        label_versions = {label: int(rec.version) for label, rec in (state.labels or {}).items()}
+        canary_rec = state.canary
+        percent = float(state.canary_percent or 0.0) if canary_rec is not None else 0.0
+        want_canary = int(canary_rec.version) if canary_rec is not None else None
+        old = self._routes.get(name, NO_ROUTES)
+        if (old.label_versions == label_versions and old.canary_version == want_canary
+                and (old.split.percent if old.split else 0.0) == percent
+                and len(old.labels) == len(label_versions) and (want_canary is None or old.canary is not None)):
+            return  # unchanged, and everything it names is loaded
+        records = {int(rec.version): rec for rec in (state.labels or {}).values()}
+        if canary_rec is not None:
+            records[int(canary_rec.version)] = canary_rec
+        loaded = {}
+        for version, rec in records.items():
+            model = self._obtain(name, rec)
+            if model is not None:
+                loaded[version] = model
+        canary = loaded.get(int(canary_rec.version)) if canary_rec is not None else None
+        split = old.split if (old.split is not None and old.split.percent == percent) else None
+        routes = Routes(
+            labels={label: loaded[v] for label, v in label_versions.items() if v in loaded},
+            label_versions=label_versions,
+            canary=canary,
+            canary_version=int(canary_rec.version) if canary_rec is not None else None,
+            split=(split or CanarySplit(percent)) if canary is not None else None,
+            watermark=int(getattr(state, "watermark", 0) or 0),
+        )
+        self._routes = {**self._routes, name: routes}  # publish: one reference assignment
+        self.metrics.canary_percent.labels(name).set(percent if canary is not None else 0.0)
+        self.metrics.canary_version.labels(name).set(canary.version if canary is not None else 0)
+        if routes.label_versions != old.label_versions or routes.canary_version != old.canary_version \
+                or (routes.split and routes.split.percent) != (old.split and old.split.percent):
+            log.info("model %r: labels %s; canary %s", name,
+                     ", ".join(f"{k}=v{v}" for k, v in sorted(label_versions.items())) or "none",
+                     f"version {canary.version} at {percent:g}%" if canary is not None else "none")
+        for v in loaded:
+            self._lru[name] = [x for x in self._lru[name] if x != v] + [v]
+        self._evict(name)
 
     def _cache_put(self, name: str, model: LoadedModel) -> None:
         versions = dict(self._versions[name])
@@ -515,8 +602,9 @@ class ModelManager:
         versions = dict(self._versions[name])
         lru = [v for v in lru if v in versions]
         evicted = []
+        routed = self._routes.get(name, NO_ROUTES).versions  # labels and canary stay loaded
         while len(lru) > self.keep_versions:
-            victim = next((v for v in lru if not (served and served.version == v)), None)
+            victim = next((v for v in lru if not (served and served.version == v) and v not in routed), None)
             if victim is None:
                 break
             lru.remove(victim)

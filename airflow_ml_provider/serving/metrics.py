@@ -15,6 +15,14 @@ Metrics (all prefixed ``airflow_ml_serving_``):
 ``load_failures_total{model}``            bundles that failed to fetch, verify, load or warm up
 ``load_seconds{model}``                   histogram of fetch + load + warm-up time
 ``registry_poll_failures_total``          registry polls that failed (the service keeps serving)
+``version_requests_total{model,version,route}``  answered predict requests (200) by the version that
+                                          answered and how it was chosen: ``stable`` (unpinned, the
+                                          served version), ``canary`` (unpinned, the canary's share),
+                                          ``label`` (``/labels/L``) or ``pinned`` (``/versions/V``)
+``version_request_latency_seconds{model,version}``  histogram of predict latency per answering version
+                                          (compare a canary with the served version)
+``canary_percent{model}``                 share of unpinned requests sent to the canary (0: none)
+``canary_version{model}``                 the canary version (0: none)
 ``connections_closed_total{reason}``      connections the server closed on its own: ``header_timeout``,
                                           ``body_timeout`` (a slow or stalled client) or ``over_limit``
                                           (refused past ``--max-connections``); see serving/protocol.py
@@ -67,6 +75,18 @@ class ServingMetrics:
                                           "over_limit", ["reason"], registry=r)
         self._closed_children = {reason: self.connections_closed.labels(reason)
                                  for reason in ("header_timeout", "body_timeout", "over_limit")}
+        self.version_requests = Counter(prefix + "version_requests",
+                                        "Answered predict requests by answering version and route "
+                                        "(stable, canary, label, pinned)", ["model", "version", "route"],
+                                        registry=r)
+        self.version_latency = Histogram(prefix + "version_request_latency_seconds",
+                                         "Predict request latency in seconds by answering version",
+                                         ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.canary_percent = Gauge(prefix + "canary_percent", "Share of unpinned requests sent to the canary",
+                                    ["model"], registry=r)
+        self.canary_version = Gauge(prefix + "canary_version", "The canary version (0: none)", ["model"],
+                                    registry=r)
+        self._version_children: dict[tuple[str, int, str], tuple[object, object]] = {}
         self._known = set(models)
         self._req_children: dict[tuple[str, int], object] = {}
         self._lat_children: dict[str, object] = {}
@@ -96,6 +116,21 @@ class ServingMetrics:
             if rc is None:
                 rc = self._row_children[model] = self.rows.labels(model)
             rc.inc(rows)
+
+    def observe_version(self, model: str, version: int, route: str, seconds: float) -> None:
+        """Count an answered predict request under the version that answered and its route.
+
+        Only configured models reach here (the request found a loaded model), so the label set is
+        bounded by the versions the service loads."""
+        key = (model, version, route)
+        children = self._version_children.get(key)
+        if children is None:
+            children = self._version_children[key] = (
+                self.version_requests.labels(model, str(version), route),
+                self.version_latency.labels(model, str(version)),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def connection_closed(self, reason: str) -> None:
         """Count a connection the server closed (the protocol's ``on_event``)."""
