@@ -114,7 +114,8 @@ def test_flow1_migrated_dag_runs_like_azkaban(tmp_path, run_dag, capsys):
     assert "unknown-job-type=1" in captured.out  # jobU: warned, not dropped
     assert (out / "final.py").exists() and (out / "innerEnd.py").exists()
     text = (out / "final.py").read_text()
-    assert 'schedule="0 2 * * 1-5"' in text and '"jobK"' in text
+    # no --timezone: the schedule runs in UTC, named explicitly (a warning says so)
+    assert 'CronTriggerTimetable("0 2 * * 1-5", timezone="UTC")' in text and '"jobK"' in text
 
     records_dir = tmp_path / "records"
     records_dir.mkdir()
