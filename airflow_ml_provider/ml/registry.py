@@ -536,15 +536,14 @@ class ModelRegistry:
     def find_checksum(self, name: str, checksum: str) -> ModelRecord | None:
         """The lowest version of ``name`` whose bundle has checksum ``checksum``, if any."""
         validate_model_name(name)
+        return self._read("looking up a checksum", lambda c: self._find_checksum(c, name, checksum), None)
+
+    def _find_checksum(self, conn: sa.Connection, name: str, checksum: str) -> ModelRecord | None:
         t = self.publish_table
-
-        def fn(conn: sa.Connection) -> ModelRecord | None:
-            row = conn.execute(
-                sa.select(t).where(t.c.model_name == name, t.c.checksum == checksum).order_by(t.c.version).limit(1)
-            ).first()
-            return self._record(row) if row is not None else None
-
-        return self._read("looking up a checksum", fn, None)
+        row = conn.execute(
+            sa.select(t).where(t.c.model_name == name, t.c.checksum == checksum).order_by(t.c.version).limit(1)
+        ).first()
+        return self._record(row) if row is not None else None
 
     # -- refused versions (a model service could not load them) ----------------------------------
 
@@ -804,12 +803,16 @@ class ModelRegistry:
         run_id: str | None = None,
         status: str = STATUS_PUBLISHED,
         created_by: str | None = None,
+        reuse_checksum: bool = False,
     ) -> ModelRecord:
         """Insert the publish row (the commit point of a publish) and its serving event.
 
         ``version=None`` takes the next free version. With ``dag_id`` and ``run_id`` the call is
         idempotent: if that run already published ``name``, the existing record comes back and
         nothing is written, also when two publishers race (a unique constraint decides).
+        With ``reuse_checksum=True`` (what :func:`publish_model` passes) a version of ``name``
+        that already holds ``checksum`` is returned instead, in the same transaction: one bundle is
+        never two versions.
         An explicit ``version`` that another run already holds raises :class:`RegistryError`.
         """
         validate_model_name(name)
@@ -839,6 +842,10 @@ class ModelRegistry:
                         existing = self._find_run(conn, name, dag_id, run_id)
                         if existing is not None:
                             return existing
+                    if reuse_checksum and checksum:
+                        same = self._find_checksum(conn, name, checksum)
+                        if same is not None:
+                            return same
                     target = version if version is not None else self._next_version(conn, name)
                     now = _to_db_time(_utcnow())
                     result = conn.execute(
@@ -1113,7 +1120,7 @@ def publish_model(
             version += 1  # taken by another publisher (committed or in flight): never overwrite
             continue
         try:
-            return registry.publish(
+            record = registry.publish(
                 name=name,
                 version=version,
                 bundle_uri=uri,
@@ -1124,19 +1131,29 @@ def publish_model(
                 dag_id=dag_id,
                 run_id=run_id,
                 created_by=created_by,
+                reuse_checksum=True,
             )
         except RegistryError:
+            record = None
             if dag_id is not None and run_id is not None:
-                existing = registry.find_run(name, dag_id, run_id)
-                if existing is not None:
-                    return existing
-            holder = registry._read("reading a version", lambda c, v=version: registry._get(c, name, v), None)
-            if holder is not None and holder.checksum == loaded.checksum:
-                return holder  # a concurrent publisher of the same bundle committed it first
-            if holder is not None:  # another run committed this version first
-                version += 1
-                continue
-            raise
+                record = registry.find_run(name, dag_id, run_id)
+            if record is None:
+                holder = registry._read("reading a version", lambda c, v=version: registry._get(c, name, v), None)
+                if holder is None:
+                    raise
+                if holder.checksum != loaded.checksum:  # another run committed this version first
+                    version += 1
+                    continue
+                record = holder  # a concurrent publisher of the same bundle committed it first
+        if record.version != version:
+            # A concurrent publisher of the same run (or bundle) committed another version first:
+            # no publish_model will ever register the directory written here (the run, or the
+            # checksum, is a version already), so it is removed rather than left as an orphan.
+            try:
+                storage.remove(uri, recursive=True)
+            except storage.StorageError:  # best effort: a leftover is harmless, never registered
+                pass
+        return record
     raise RegistryError(f"model {name!r}: could not find a free version after {_MAX_VERSION_PROBES} attempts")
 
 

@@ -14,16 +14,21 @@ resolved from the ``AIRFLOW_CONN_<CONN_ID>`` environment variable when set, and 
 Airflow's connection lookup (imported lazily, only for such URIs).
 
 Publishing a directory is atomic: :func:`put_dir_atomic` uploads under a temporary sibling name, then
-renames it into place, so a reader never sees half a directory. Errors are :class:`StorageError` and
+renames it into place, so a reader never sees half a directory. The temporary name records its owner
+(``.<name>.tmp-<random>.<pid>.<host id>``), so the upload of a publisher that was killed can be told
+from a live one and removed later (:func:`remove_stale_temps`). Errors are :class:`StorageError` and
 name the URI with any password masked.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import posixpath
 import re
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,11 +51,43 @@ __all__ = [
     "put_dir_atomic",
     "read_bytes",
     "remove",
+    "remove_stale_temps",
     "write_bytes_atomic",
 ]
 
 _PASSWORD_RE = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
 _TMP_MARK = ".tmp-"
+#: A temporary upload whose owner cannot be checked (another host, or a name without an owner)
+#: is removed only once it is older than this: no publish keeps a temporary directory that long.
+STALE_TEMP_SECONDS = 6 * 3600.0
+_TMP_OWNER_RE = re.compile(r"\.tmp-[0-9a-f]{12}\.(?P<pid>\d{1,10})\.(?P<host>[0-9a-f]{8})$")
+
+
+def _host_id() -> str:
+    """8 hex digits naming this host (its hostname hashed): the owner of a temporary upload."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _temp_name(parent: str, name: str) -> str:
+    """``<parent>/.<name>.tmp-<random>.<pid>.<host id>``: a temporary sibling that names its owner."""
+    return posixpath.join(parent, f".{name}{_TMP_MARK}{uuid.uuid4().hex[:12]}.{os.getpid()}.{_host_id()}")
+
+
+def _pid_dead(pid: int) -> bool:
+    """True only when process ``pid`` surely does not run on this host (gone, or a zombie)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, owned by someone else
+        return False
+    try:  # a killed child not yet reaped by its parent is a zombie: dead as an uploader
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 class StorageError(OSError):
@@ -180,7 +217,7 @@ def write_bytes_atomic(uri: Any, data: bytes) -> None:
     """Write a file under a temporary sibling name, then rename it over ``uri``."""
     fs, path = filesystem_for(uri)
     parent, name = posixpath.split(path.rstrip("/"))
-    tmp = posixpath.join(parent, f".{name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
+    tmp = _temp_name(parent, name)
     try:
         fs.makedirs(parent, exist_ok=True)
         with fs.open(tmp, "wb") as fh:
@@ -218,7 +255,7 @@ def put_dir_atomic(local_dir: str | os.PathLike[str], uri: Any) -> str:
     fs, path = filesystem_for(uri)
     path = path.rstrip("/")
     parent, name = posixpath.split(path)
-    tmp = posixpath.join(parent, f".{name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
+    tmp = _temp_name(parent, name)
     try:
         if fs.exists(path):
             raise FileExistsError(f"already exists: {mask_uri(uri)}")
@@ -323,6 +360,54 @@ def remove(uri: Any, *, recursive: bool = False) -> None:
             fs.rm(path, recursive=recursive)
     except Exception as exc:  # noqa: BLE001
         raise _wrap("removing", uri, exc) from exc
+
+
+def remove_stale_temps(parent_uri: Any, *, max_age: float = STALE_TEMP_SECONDS) -> list[str]:
+    """Remove the temporary uploads (``.<name>.tmp-*``) directly below ``parent_uri`` whose writer
+    is surely dead; returns the removed paths.
+
+    An upload is dead when its name says it was written by a process of this host that no longer
+    runs (a publisher killed mid-upload), or -- when that cannot be checked (another host, a name
+    without an owner) -- when it is older than ``max_age`` seconds. The upload of a live publisher,
+    here or on another host, is never touched. Best effort: a failure to list or remove is ignored.
+    """
+    fs, path = filesystem_for(parent_uri)
+    path = path.rstrip("/") or "/"
+    try:
+        entries = fs.ls(path, detail=True)
+    except Exception:  # noqa: BLE001 - nothing there yet, or unreadable: nothing to clean
+        return []
+    here, now, removed = _host_id(), time.time(), []
+    for entry in entries:
+        full = str(entry.get("name", "")).rstrip("/")
+        base = full.rsplit("/", 1)[-1]
+        if not base.startswith(".") or _TMP_MARK not in base:
+            continue
+        owner = _TMP_OWNER_RE.search(base)
+        if owner and owner["host"] == here and _pid_dead(int(owner["pid"])):
+            dead = True
+        else:
+            dead = (age := _age_seconds(entry, now)) is not None and age > max_age
+        if dead:
+            try:
+                fs.rm(full, recursive=True)
+                removed.append(full)
+            except Exception:  # noqa: BLE001,S112 - raced with another cleaner, or unremovable
+                continue
+    return removed
+
+
+def _age_seconds(entry: dict[str, Any], now: float) -> float | None:
+    """Seconds since ``entry`` (an fsspec ``ls`` detail) was modified; None when unknown."""
+    for key in ("mtime", "modificationTime", "modified", "created"):
+        value = entry.get(key)
+        if value is None:
+            continue
+        if hasattr(value, "timestamp"):
+            return now - float(value.timestamp())
+        value = float(value)
+        return now - (value / 1000.0 if key == "modificationTime" else value)  # WebHDFS: milliseconds
+    return None
 
 
 def _quiet_rm(fs: AbstractFileSystem, path: str, *, recursive: bool = False) -> None:
