@@ -969,12 +969,7 @@ class ModelRegistry:
         validate_model_name(name)
         version = _validate_version(version)
         self.get(name, version)  # UnknownModelError naming the model and its versions
-        refused = getattr(self, "refusal", None)
-        if callable(refused):
-            reason = refused(name, version)
-            if reason:
-                raise RegistryError(f"model {name!r} version {version} was refused by the model service "
-                                    f"({reason}); {what} cannot point at it")
+        self.check_not_refused(name, version, what)  # RefusedVersionError: a service could not load it
         return version
 
     def set_label(self, name: str, label: str, version: int, by: str | None = None,
@@ -984,7 +979,7 @@ class ModelRegistry:
         Writes a ``label`` event; moving a label is another ``label`` event. :class:`UnknownModelError`
         for an unknown version."""
         label = validate_label(label)
-        version = self._routable(name, version, f"label {label!r}")
+        version = self._routable(name, version, f"point label {label!r} at")
         return self._append_event(name, version, ACTION_LABEL, by=by, reason=reason, label=label)
 
     def remove_label(self, name: str, label: str, by: str | None = None,
@@ -1004,7 +999,7 @@ class ModelRegistry:
         """Send ``percent`` % (0 < percent <= 100) of the unpinned requests of ``name`` to ``version``.
 
         Replaces a running canary. Refused for an unknown version and for the served version."""
-        version = self._routable(name, version, "a canary")
+        version = self._routable(name, version, "start a canary on")
         percent = validate_percent(percent)
         current = self.current(name)
         if current is not None and current.version == version:
