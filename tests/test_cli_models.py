@@ -62,6 +62,7 @@ def test_list_table_and_json(capsys, populated):
         "NAME",
         "VERSION",
         "SERVING",
+        "STATUS",
         "FRAMEWORK",
         "CREATED",
         "(UTC)",

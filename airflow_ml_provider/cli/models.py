@@ -181,13 +181,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.name is not None and not records:
             raise CLIError(_call(registry._unknown_model_message, args.name))
         served = {}
+        refused = {}  # (name, version) -> the newest "refused" event (a model service could not load it)
         for name in sorted({r.name for r in records}):
             cur = _call(registry.current, name)
             served[name] = cur.version if cur else None
+            refused.update({(name, v): e for v, e in _call(registry.refusals, name).items()})
     finally:
         registry.dispose()
     if args.format == "json":
-        out = [dict(r.to_dict(), serving=served.get(r.name) == r.version) for r in records]
+        out = [dict(r.to_dict(), serving=served.get(r.name) == r.version,
+                    refused=_refusal_dict(refused.get((r.name, r.version)))) for r in records]
         print(json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False))
         return 0
     if not records:
@@ -198,6 +201,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             r.name,
             str(r.version),
             "*" if served.get(r.name) == r.version else "",
+            "refused" if (r.name, r.version) in refused else r.status,
             r.framework,
             r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "",
             _fmt_metrics(r.metrics),
@@ -205,8 +209,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         ]
         for r in records
     ]
-    print(_table(["NAME", "VERSION", "SERVING", "FRAMEWORK", "CREATED (UTC)", "METRICS", "BUNDLE"], rows))
+    print(_table(["NAME", "VERSION", "SERVING", "STATUS", "FRAMEWORK", "CREATED (UTC)", "METRICS", "BUNDLE"],
+                 rows))
+    for (name, version), event in sorted(refused.items()):
+        print(f"{name} version {version} refused by {event.created_by or 'a model service'}: {event.reason}")
     return 0
+
+
+def _refusal_dict(event: Any) -> dict[str, Any] | None:
+    """``{"by", "reason", "at"}`` of a ``refused`` serving event (None: no service refused the version)."""
+    if event is None:
+        return None
+    return {"by": event.created_by, "reason": event.reason,
+            "at": event.created_at.isoformat() if event.created_at else None}
 
 
 def _check_name(name: str) -> str:
@@ -230,6 +245,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         versions = _call(registry.versions, args.name)
         events = _call(registry.events, args.name)
         routing = _call(registry.serving_state, args.name).to_dict()
+        refusal = _call(registry.is_refused, args.name, record.version)
     finally:
         registry.dispose()
     data = record.to_dict()
@@ -240,6 +256,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     data["last_serving_event"] = last.to_dict() if last else None
     data["labels"] = routing["labels"]  # label -> version (every label of the model)
     data["canary"] = routing["canary"]  # {"version", "percent"} or None
+    data["refused"] = _refusal_dict(refusal)  # {"by", "reason", "at"}: a model service refused to load it
     if args.format == "json":
         print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
         return 0
@@ -266,6 +283,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     rows.append(["labels", ", ".join(f"{k}=v{v}" for k, v in data["labels"].items())])
     canary = data["canary"]
     rows.append(["canary", f"version {canary['version']} at {canary['percent']:g}%" if canary else ""])
+    if refusal is not None:
+        rows.append(["refused", f"by {refusal.created_by or 'a model service'} at {refusal.created_at}: "
+                                f"{refusal.reason}"])
     for key in sorted(record.metrics):
         rows.append([f"metrics.{key}", json.dumps(record.metrics[key], ensure_ascii=False)])
     if last is not None:

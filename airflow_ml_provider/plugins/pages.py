@@ -131,12 +131,14 @@ def main_metric(records: list[Any]) -> str | None:
 
 
 def _registry_call(fn, *args):
-    from airflow_ml_provider.ml.registry import RegistryError, UnknownModelError
+    from airflow_ml_provider.ml.registry import RefusedVersionError, RegistryError, UnknownModelError
 
     try:
         return fn(*args)
     except UnknownModelError as exc:
         raise HTTPException(404, str(exc)) from None
+    except RefusedVersionError as exc:  # a model service refused to load that version
+        raise HTTPException(409, str(exc)) from None
     except RegistryError as exc:
         raise HTTPException(400 if "invalid" in str(exc) else 503, str(exc)) from None
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -353,6 +355,9 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._poll_lock = threading.Lock()
+        #: who refuses a version in the registry's serving log (ModelRegistry.record_refusal)
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        self._refusals_recorded: set[tuple[str, int, str]] = set()
 
     # ---- the request path -------------------------------------------------------------------
 
@@ -523,6 +528,7 @@ class ModelManager:
                 log.error("loading %s failed (attempt %d; still serving %s; retry in %.0f s): %s",
                           f"model {name!r} version {version}", attempts, self._describe(name), delay,
                           message)
+                self._record_refusal(name, version, uri, exc)
                 return None
             finally:
                 self._loading[name] = None
@@ -530,6 +536,25 @@ class ModelManager:
             self.metrics.load_seconds.labels(name).observe(model.load_seconds)
             self._cache_put(name, model)
         return model
+
+    def _record_refusal(self, name: str, version: int, uri: str, exc: BaseException) -> None:
+        """Record in the registry (once per version and bundle) that this service refuses to load
+        it, when the failure is the bundle's (checksum mismatch, missing or unloadable files, failed
+        warm-up) and not a transient one (storage unreachable, out of memory). ``models list``, the
+        UI, rollback, labels and canaries then show it and refuse to point at it."""
+        key = (name, int(version), uri)
+        record = getattr(self.registry, "record_refusal", None)
+        if key in self._refusals_recorded or not callable(record) or not is_refusal(exc):
+            return
+        try:
+            record(name, int(version), reason=str(exc), instance=self.instance)
+        except Exception as rec_exc:  # noqa: BLE001 - registry down: tried again on the next failure
+            log.warning("could not record in the registry that model %r version %d is refused: %s",
+                        name, version, rec_exc)
+            return
+        self._refusals_recorded.add(key)
+        log.error("model %r version %d refused (recorded in the registry as refused by %s)", name, version,
+                  self.instance)
 
     def _follow_routes(self, name: str, state: Any) -> None:
         """Load the versions the labels and the canary name, then publish the new routes at once.
@@ -620,6 +645,26 @@ class ModelManager:
         log.info("model %r version %d unloaded from the cache", name, model.version)
         if model.bundle_dir is not None:
             shutil.rmtree(model.bundle_dir, ignore_errors=True)
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether a load failure condemns the bundle (True) or may pass (False: the storage did not
+    answer, the machine ran out of memory). A bundle the storage says is missing is refused."""
+    from airflow_ml_provider.ml.storage import StorageError
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (MemoryError, ConnectionError, TimeoutError)):
+            return False
+        if isinstance(e, StorageError) and not str(e).startswith("no such "):
+            return False
+        todo += [e.__cause__, e.__context__]
+    return True
 
 
 def _status_entry(version: int, state: str, code: str, message: str) -> dict[str, Any]:
