@@ -49,6 +49,15 @@ DAGBAG_TIMER = textwrap.dedent(
 )
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def corpus_dir() -> Path:
     env = os.environ.get("AZKABAN_CORPUS")
     return Path(env) if env else REPO.parent / "shared" / "azkaban-corpus"
@@ -119,15 +128,21 @@ def main() -> None:
         parse_s = time.perf_counter() - t0
 
         out = tmpdir / "dags"
+        cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         report = migrate(src, out)
         convert_s = time.perf_counter() - t0
+        convert_cpu = _cpu_seconds() - cpu0
         jobs = sum(f.tasks for f in report.flows)
         print(f"extracted {len(job_files)} .job files in {extract_s:.2f} s (not counted)")
         print(
             f"conversion: {len(report.flows)} flows, {jobs} jobs in {convert_s:.2f} s "
             f"= {jobs / convert_s:,.0f} jobs/s (exit {report.exit_code}; target <= {TARGET_CONVERT_S:.0f} s: "
             f"{'OK' if convert_s <= TARGET_CONVERT_S else 'MISSED'})"
+        )
+        print(
+            f"  CPU time (this process and the import-check worker): {convert_cpu:.2f} s "
+            f"(wall time above depends on the machine's load: {os.getloadavg()[0]:.1f} now)"
         )
         print(
             f"  baseline (parse the .job files only): {parse_s:.2f} s = {len(job_files) / parse_s:,.0f} jobs/s; "

@@ -264,7 +264,10 @@ def migrate(
     own = project is None
     if project is None:
         project = load_source(source, max_archive_bytes=max_archive_bytes)
+    checker = None
     try:
+        if check_import and not dry_run:
+            checker = _ImportChecker(len(project.flows))
         report.project = project.name
         report.flow_version = project.flow_version
         schedules = dict(schedules or {})
@@ -414,8 +417,8 @@ def migrate(
                                     result.flow,
                                 )
                             )
-            if check_import:
-                _import_check([(p, r) for p, r in staged if r.status == "converted"], report)
+            if checker is not None:
+                checker.check([(p, r) for p, r in staged if r.status == "converted"], report)
             # resources first, so a DAG never points at missing scripts
             if any(r.status == "converted" for _, r in staged):
                 _copy_resources(project, out_dir / resource_dir, out_dir, report)
@@ -437,6 +440,8 @@ def migrate(
             shutil.rmtree(staging, ignore_errors=True)
         return report
     finally:
+        if checker is not None:
+            checker.close()
         report.seconds = time.perf_counter() - started
         if own:
             project.close()
@@ -495,87 +500,135 @@ _IMPORT_CHECK = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
 from airflow.dag_processing.dagbag import DagBag
-bag = DagBag(dag_folder=sys.argv[1], collect_dags=False)
+paths = json.loads(sys.stdin.read())  # Airflow is imported while the migration renders
 out = {}
-for path in sys.argv[1:]:
-    before = dict(bag.import_errors)
-    found = bag.process_file(path, only_if_updated=False, safe_mode=False)
-    errors = [v for k, v in bag.import_errors.items() if before.get(k) != v]
-    out[path] = {"errors": errors, "dags": sorted(d.dag_id for d in found)}
+if paths:
+    bag = DagBag(dag_folder=paths[0], collect_dags=False)
+    for path in paths:
+        before = dict(bag.import_errors)
+        found = bag.process_file(path, only_if_updated=False, safe_mode=False)
+        errors = [v for k, v in bag.import_errors.items() if before.get(k) != v]
+        out[path] = {"errors": errors, "dags": sorted(d.dag_id for d in found)}
 print("@@" + json.dumps(out))
 """
 
 
-def _import_check(staged: list[tuple[Path, FlowResult]], report: MigrationReport) -> None:
-    """Import every staged DAG file with Airflow's DagBag (in subprocesses, one per CPU for large
-    projects, so a broken file or Airflow's import cost never touch this process); a file that
-    fails to import, or defines no DAG of the expected id, is a failed flow."""
-    import subprocess
-    import sys
-    from importlib.util import find_spec
+class _ImportChecker:
+    """Imports the generated DAG files with Airflow's DagBag, in subprocesses started early (they
+    import Airflow, the slow part, while the migration renders), so that a broken file or Airflow's
+    import cost never touch this process. A file that fails to import, or defines no DAG of the
+    expected id, is a failed flow."""
 
-    if not staged:
-        return
-    if find_spec("airflow") is None:
-        report.notes.append("Airflow is not installed here: the DAG files were not import-checked")
-        return
-    env = dict(os.environ)
-    env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    env.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")
-    home = tempfile.mkdtemp(prefix="azkaban-import-check-")
-    if "AIRFLOW_HOME" not in env:  # never create ~/airflow/airflow.cfg as a side effect
-        env["AIRFLOW_HOME"] = home
-    # a few large files dominate: spread them over the workers by size
-    workers = max(1, min(os.cpu_count() or 1, 4, len(staged) // 20))
-    chunks: list[list[Path]] = [[] for _ in range(workers)]
-    loads = [0] * workers
-    for path, _ in sorted(staged, key=lambda pr: -pr[0].stat().st_size):
-        i = loads.index(min(loads))
-        chunks[i].append(path)
-        loads[i] += path.stat().st_size
-    got: dict[str, Any] = {}
-    failure = ""
-    try:
-        procs = [
+    def __init__(self, n_flows: int) -> None:
+        import subprocess
+        import sys
+        from importlib.util import find_spec
+
+        self.procs: list[Any] = []
+        self.outputs: list[tuple[Any, Any]] = []
+        self.available = find_spec("airflow") is not None
+        self.home = tempfile.mkdtemp(prefix="azkaban-import-check-")
+        if not self.available:
+            return
+        env = dict(os.environ)
+        env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+        env.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")
+        if "AIRFLOW_HOME" not in env:  # never create ~/airflow/airflow.cfg as a side effect
+            env["AIRFLOW_HOME"] = self.home
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cpus = os.cpu_count() or 1
+        # one worker pays Airflow's import once (about 2.5 s of CPU); more only for very large projects
+        workers = max(1, min(cpus, 4, n_flows // 200))
+        # output to files, not pipes: a worker logging a lot can never block on a full pipe
+        self.outputs = [
+            (Path(self.home, f"out{i}.txt").open("w+"), Path(self.home, f"err{i}.txt").open("w+"))
+            for i in range(workers)
+        ]
+        self.procs = [
             subprocess.Popen(
-                [sys.executable, "-c", _IMPORT_CHECK, *map(str, chunk)],
+                [sys.executable, "-c", _IMPORT_CHECK],
                 env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
                 text=True,
             )
-            for chunk in chunks
+            for out, err in self.outputs
         ]
-        for proc in procs:
+
+    def close(self) -> None:
+        """Stop the workers if they are still running (e.g. the migration failed)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        self.procs = []
+        for out, err in self.outputs:
+            out.close()
+            err.close()
+        self.outputs = []
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def check(self, staged: list[tuple[Path, FlowResult]], report: MigrationReport) -> None:
+        import subprocess
+
+        if not self.available:
+            report.notes.append("Airflow is not installed here: the DAG files were not import-checked")
+            return
+        # a few large files dominate: spread them over the workers by size
+        chunks: list[list[str]] = [[] for _ in self.procs]
+        loads = [0] * len(self.procs)
+        for path, _ in sorted(staged, key=lambda pr: -pr[0].stat().st_size):
+            i = loads.index(min(loads))
+            chunks[i].append(str(path))
+            loads[i] += path.stat().st_size
+        got: dict[str, Any] = {}
+        failure = ""
+        for proc, chunk in zip(self.procs, chunks):
+            assert proc.stdin is not None
             try:
-                stdout, stderr = proc.communicate(timeout=1800)
+                proc.stdin.write(json.dumps(chunk))
+                proc.stdin.close()
+            except OSError:  # the worker died early: its stderr says why
+                pass
+        for proc, (out, err) in zip(self.procs, self.outputs):
+            try:
+                proc.wait(timeout=1800)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                stdout, stderr = proc.communicate()
-                failure = failure or "timed out"
+                proc.wait()
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read() or "no output"
             line = next((x for x in stdout.splitlines() if x.startswith("@@")), None)
             if line is None:
                 failure = failure or ((stderr.strip().splitlines() or ["no output"])[-1])
             else:
                 got.update(json.loads(line[2:]))
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-    for path, result in staged:
-        entry = got.get(str(path))
-        if entry is None:
-            cause = f"the generated DAG could not be import-checked with Airflow: {failure or 'no result'}"
-        elif entry["errors"]:
-            cause = f"the generated DAG file fails to import in Airflow: {_last_line(entry['errors'][0])}"
-        elif result.dag_id not in entry["dags"]:
-            cause = f"the generated DAG file defines no DAG {result.dag_id!r}"
-        else:
-            continue
-        result.status = "failed"
-        result.problems.append(
-            Problem(
-                MigrateKind.IMPORT, result.flow, f"flow {result.flow!r}: {cause}", result.flow, severity=ERROR
+        for path, result in staged:
+            entry = got.get(str(path))
+            if entry is None:
+                cause = (
+                    f"the generated DAG could not be import-checked with Airflow: {failure or 'no result'}"
+                )
+            elif entry["errors"]:
+                cause = f"the generated DAG file fails to import in Airflow: {_last_line(entry['errors'][0])}"
+            elif result.dag_id not in entry["dags"]:
+                cause = f"the generated DAG file defines no DAG {result.dag_id!r}"
+            else:
+                continue
+            result.status = "failed"
+            result.problems.append(
+                Problem(
+                    MigrateKind.IMPORT,
+                    result.flow,
+                    f"flow {result.flow!r}: {cause}",
+                    result.flow,
+                    severity=ERROR,
+                )
             )
-        )
 
 
 def _last_line(text: str) -> str:
