@@ -118,11 +118,14 @@ def test_a_refused_version_is_recorded_shown_and_never_pointed_at(tmp_path, publ
         assert reg.watermark([NAME]) == before
         with pytest.raises(RefusedVersionError):
             reg.rollback(NAME, 2)
-        for check in ("set_label", "start_canary"):  # labels and canaries (when present) refuse it too
-            fn = getattr(reg, check, None)
-            if fn is not None:
-                with pytest.raises(RefusedVersionError):
-                    fn(NAME, "stable", 2) if check == "set_label" else fn(NAME, 2, 10)
+        with pytest.raises(RefusedVersionError, match="cannot point label 'stable' at model 'churn' version 2"):
+            reg.set_label(NAME, "stable", 2)
+        with pytest.raises(RefusedVersionError, match="cannot start a canary on model 'churn' version 2"):
+            reg.start_canary(NAME, 2, 10)
+        for argv in (["label", NAME, "stable", "--version", "2"], ["canary", NAME, "--version", "2", "--percent", "10"]):
+            done = _cli("models", *argv, "--registry", url)
+            assert done.returncode == 1 and "replica-a:8501 refused to load it" in done.stderr, done.stderr
+        assert reg.watermark([NAME]) == before
 
         # rollback to version 1 is allowed; its model does not load: a load error is refused as well
         done = _cli("models", "rollback", NAME, "--to", "1", "--registry", url)
@@ -131,6 +134,17 @@ def test_a_refused_version_is_recorded_shown_and_never_pointed_at(tmp_path, publ
         assert reg.refused_versions(NAME) == [1, 2]
         assert "version 1" in reg.is_refused(NAME, 1).reason
         assert manager.get(NAME) is None  # nothing loadable was ever served
+
+        # a canary's version refused while the canary runs: promote refuses it
+        root = str(tmp_path / "store")
+        publish_model(reg, str(_bundle(tmp_path, "r3")), root, NAME, dag_id="d", run_id="r3")
+        v4 = publish_model(reg, str(_bundle(tmp_path, "r4")), root, NAME, dag_id="d", run_id="r4")
+        reg.rollback(NAME, 3)
+        reg.start_canary(NAME, v4.version, 10)
+        manager.poll_once()
+        assert reg.refused_versions(NAME) == [1, 2, 3, 4]
+        done = _cli("models", "promote", NAME, "--registry", url)
+        assert done.returncode == 1 and "cannot promote model 'churn' version 4" in done.stderr, done.stderr
     finally:
         manager.close()
 

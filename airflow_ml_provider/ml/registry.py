@@ -1020,6 +1020,7 @@ class ModelRegistry:
     def promote(self, name: str, by: str | None = None, reason: str | None = None) -> ServingEvent:
         """Make the canary version the served version (a ``promote`` event); the canary ends."""
         state = self._running_canary(name, "promote")
+        self.check_not_refused(name, state.canary.version, "promote")  # refused since the canary began
         return self._append_event(name, state.canary.version, ACTION_PROMOTE, by=by, reason=reason)
 
     def abort_canary(self, name: str, by: str | None = None, reason: str | None = None) -> ServingEvent:
