@@ -280,9 +280,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         if isinstance(value, list):
             value = ", ".join(str(v) for v in value)
         rows.append([key, "" if value is None else str(value)])
-    rows.append(["labels", ", ".join(f"{k}=v{v}" for k, v in data["labels"].items())])
+    rows.append(["labels", ", ".join(f"{k}=v{v}" for k, v in data["labels"].items()) or "none"])
     canary = data["canary"]
-    rows.append(["canary", f"version {canary['version']} at {canary['percent']:g}%" if canary else ""])
+    rows.append(["canary", f"version {canary['version']} at {canary['percent']:g}%" if canary else "none"])
     if refusal is not None:
         rows.append(["refused", f"by {refusal.created_by or 'a model service'} at {refusal.created_at}: "
                                 f"{refusal.reason}"])
