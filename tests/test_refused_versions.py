@@ -149,6 +149,26 @@ def test_a_refused_version_is_recorded_shown_and_never_pointed_at(tmp_path, publ
         manager.close()
 
 
+def test_the_ui_model_page_shows_a_refused_version(tmp_path, published, monkeypatch):
+    """The UI's model page (its data and its rendered template) marks the refused version."""
+    from airflow_ml_provider.plugins import pages
+
+    url, reg, _, _ = published
+    reg.record_refusal(NAME, 2, reason="checksum mismatch for model/model.json", instance="replica-b:1")
+    monkeypatch.setenv("AIRFLOW_ML_REGISTRY", url)
+    monkeypatch.delenv("AIRFLOW__ML__REGISTRY_CONN", raising=False)
+    data = pages.model_page_data(NAME, None, None, None)
+    by_version = {v["version"]: v for v in data["versions"]}
+    assert by_version[2]["status"] == "refused" and by_version[1]["status"] == "published"
+    assert by_version[2]["refused"] == "refused by replica-b:1: checksum mismatch for model/model.json"
+    assert by_version[1]["refused"] is None
+    html = pages._environment().get_template("model.html").render(
+        base="/ml", airflow="", m=data, editable=[], user="viewer", message="")
+    row = html.split('data-version="2"', 1)[1].split("</tr>", 1)[0]
+    assert '<span class="badge fail" title="refused by replica-b:1: checksum mismatch for model/model.json">' \
+        'refused</span>' in row
+
+
 def test_a_transient_failure_is_not_a_refusal(tmp_path):
     """The storage not answering (here: nothing listens on the WebHDFS port) refuses nothing."""
     url = f"sqlite:///{tmp_path}/registry.db"

@@ -201,6 +201,7 @@ def model_page_data(name: str, selected: int | None, a: int | None, b: int | Non
     records.sort(key=lambda r: r.version)
     by_version = {r.version: r for r in records}
     publishers = {e.version: e.created_by for e in events if e.action == "publish"}
+    refusals = {e.version: e for e in events if e.action == "refused"}  # a model service could not load it
     metric = main_metric(records)
     present = set()
     for r in records:
@@ -213,7 +214,9 @@ def model_page_data(name: str, selected: int | None, a: int | None, b: int | Non
             "version": r.version,
             "created_at": r.created_at.isoformat() if r.created_at else None,
             "framework": r.framework,
-            "status": r.status,
+            "status": "refused" if r.version in refusals else r.status,
+            "refused": (f"refused by {refusals[r.version].created_by or 'a model service'}: "
+                        f"{refusals[r.version].reason}") if r.version in refusals else None,
             "serving": r.version == serving,
             "dag_id": r.dag_id,
             "run_id": r.run_id,
