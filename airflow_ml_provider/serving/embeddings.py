@@ -34,7 +34,8 @@ import numpy as np
 
 from airflow_ml_provider.serving.errors import BadRequest, ModelLoadError
 
-__all__ = ["INLINE_MACS", "MAX_K", "handle_predict", "handle_similar", "is_embedding", "load_embedding_model"]
+__all__ = ["INLINE_MACS", "MAX_K", "handle_predict", "handle_similar", "is_embedding", "limit_blas_threads",
+           "load_embedding_model"]
 
 #: most neighbours one ``:similar`` request may ask for
 MAX_K = 1000
@@ -53,11 +54,17 @@ def is_embedding(model: Any) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_embedding_model(name: str, version: int, uri: str, bundle: Any, record: Any, target: Path) -> Any:
-    """The :class:`~airflow_ml_provider.serving.manager.LoadedModel` of a verified embedding bundle."""
+def load_embedding_model(name: str, version: int, uri: str, bundle: Any, record: Any, target: Path, *,
+                         predict_threads: int | None = 1) -> Any:
+    """The :class:`~airflow_ml_provider.serving.manager.LoadedModel` of a verified embedding bundle.
+
+    ``predict_threads`` (the service's ``--predict-threads``, default 1) also caps numpy's BLAS
+    threads, process-wide: see :func:`limit_blas_threads`.
+    """
     from airflow_ml_provider.ml.trainers import load_predictor
     from airflow_ml_provider.serving.manager import LoadedModel
 
+    limit_blas_threads(predict_threads)
     predictor = load_predictor(bundle.framework, bundle.model_dir)
     for needed in ("vectors", "similar_to_vector", "items", "index"):
         if not hasattr(predictor, needed):
@@ -67,6 +74,24 @@ def load_embedding_model(name: str, version: int, uri: str, bundle: Any, record:
                         record=record, kind="embedding")
     _warm_up(model)
     return model
+
+
+def limit_blas_threads(threads: int | None) -> None:
+    """Cap the BLAS thread pool numpy's matrix products use (process-wide; 0/None: leave it).
+
+    One ``:similar`` query is one matrix-vector product. Measured on the 2-core machine under load
+    (100,000 x 64, bench/bench_similar.py's query): with OpenBLAS's default 2 threads a query took
+    24 ms wall and 8 ms CPU (the second thread spins waiting for a core another process holds);
+    with 1 thread 6.6-10 ms wall and 2.4 ms CPU. Requests run one per thread anyway, so one BLAS
+    thread per product is also what the other models' small products want.
+    """
+    if not threads:
+        return
+    try:
+        from threadpoolctl import threadpool_limits  # (comes with scikit-learn)
+    except ImportError:  # pragma: no cover - then the library default stays
+        return
+    threadpool_limits(limits=int(threads), user_api="blas")
 
 
 def _warm_up(model: Any) -> None:

@@ -239,7 +239,8 @@ def load_model(name: str, record: Any, cache_dir: Path, *, predict_threads: int 
         if bundle.kind == "embedding":  # item ids -> vectors: no fitted spec (serving/embeddings.py)
             from airflow_ml_provider.serving.embeddings import load_embedding_model
 
-            model = load_embedding_model(name, version, uri, bundle, record, target)
+            model = load_embedding_model(name, version, uri, bundle, record, target,
+                                         predict_threads=predict_threads)
             model.load_seconds = time.perf_counter() - started
             return model
         # The fitted spec comes from the bundle -- never from a shared location -- so a changed
