@@ -22,6 +22,14 @@ Locations (environment variables; the defaults give the embedded set-up, SQLite 
 
 Gates: ``min_metrics`` below, overridden by the Airflow Variables ``ml.<model>.gates`` (JSON) and
 ``ml.<model>.min_auc`` etc. (see docs/pipeline.md); plus the champion/challenger comparison.
+
+Human approval of a failed gate (optional): with ``[ml] approval_on_gate_failure = True`` in
+airflow.cfg (or ``AIRFLOW__ML__APPROVAL_ON_GATE_FAILURE=True``) the DAG gets two more tasks:
+``gate_check`` (a branch) and ``approve_publish`` (Airflow's ``ApprovalOperator``). When the gate
+fails and the run's ``approval_on_gate_failure`` param is on (the default then), the run waits for
+a human: *Approve* (Required Actions page, or ``PATCH /api/v2/dags/<dag>/dagRuns/<run>/taskInstances/
+approve_publish/-1/hitlDetails``) publishes the model anyway, the approval recorded in the bundle;
+*Reject* skips the publish. Off by default: the DAG is the five tasks above.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import json
 import os
 from datetime import datetime
 
+from airflow.configuration import conf as airflow_conf
 from airflow.sdk import DAG, Param
 
 from airflow_ml_provider.disabled_tasks import disabled_tasks_param
@@ -45,6 +54,8 @@ ML_HOME = settings.resolve().home  # [ml] home, $AIRFLOW_ML_HOME, else ~/airflow
 MODEL_NAME = os.environ.get("AIRFLOW_ML_MODEL_NAME") or "audio_listen_30s"
 FEATURE_SPEC = os.environ.get("AIRFLOW_ML_FEATURE_SPEC") or "specs/audio_recommendation.yaml"
 SOURCE_CONN_ID = os.environ.get("AIRFLOW_ML_SOURCE_CONN_ID") or "ml_audio_sqlite"
+#: the optional human approval step (parse time: it adds tasks, see the module docstring)
+APPROVAL_STEP = airflow_conf.getboolean("ml", "approval_on_gate_failure", fallback=False)
 if SOURCE_CONN_ID == "ml_audio_sqlite":
     # the embedded default: the SQLite file the demo generates (a real connection of that id wins
     # only if it is given as AIRFLOW_CONN_ML_AUDIO_SQLITE; use AIRFLOW_ML_SOURCE_CONN_ID otherwise)
@@ -83,6 +94,10 @@ with DAG(
                         description="cuda trains on a GPU (passed to XGBoost unchanged)."),
         "nthread": Param(2, type="integer", minimum=1, title="Threads"),
         "disabled_tasks": disabled_tasks_param(),
+        **({"approval_on_gate_failure": Param(
+            True, type="boolean", title="Ask for approval when a gate fails",
+            description="Wait for a human to approve (publish anyway) or reject (skip) a model whose gate failed.",
+        )} if APPROVAL_STEP else {}),
     },
 ) as dag:
     sample = SampleOperator(
@@ -123,6 +138,31 @@ with DAG(
         split="test",
         min_metrics={"auc": 0.6},
     )
-    publish = PublishModelOperator(task_id="publish", model_name=MODEL_NAME)
+    if not APPROVAL_STEP:
+        publish = PublishModelOperator(task_id="publish", model_name=MODEL_NAME)
+        sample >> preprocess >> train >> evaluate >> publish
+    else:
+        from airflow.providers.standard.operators.hitl import ApprovalOperator
+        from airflow.sdk import task
 
-    sample >> preprocess >> train >> evaluate >> publish
+        @task.branch(task_id="gate_check", trigger_rule="none_failed")
+        def gate_check(**context):
+            """``approve_publish`` when the gate failed and this run asks for approval, else ``publish``."""
+            ev = context["ti"].xcom_pull(task_ids="evaluate")
+            if ev and not ev.get("gate_passed") and context["params"].get("approval_on_gate_failure"):
+                return "approve_publish"
+            return "publish"
+
+        approve = ApprovalOperator(
+            task_id="approve_publish",
+            subject=f"Publish {MODEL_NAME} although its gate failed?",
+            body=("Run {{ run_id }}: the gate of the new model failed: "
+                  "{{ ti.xcom_pull(task_ids='evaluate')['gate_reasons'] | join('; ') }}. "
+                  "AUC {{ ti.xcom_pull(task_ids='evaluate')['auc'] }} (champion on the same rows: "
+                  "{{ ti.xcom_pull(task_ids='evaluate')['champion_auc'] }}). Approve publishes it, Reject skips."),
+        )
+        publish = PublishModelOperator(task_id="publish", model_name=MODEL_NAME, approval_task_id="approve_publish",
+                                       trigger_rule="none_failed_min_one_success")
+        branch = gate_check()
+        sample >> preprocess >> train >> evaluate >> branch >> [approve, publish]
+        approve >> publish

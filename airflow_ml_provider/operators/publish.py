@@ -85,11 +85,15 @@ class PublishModelOperator(MLBaseOperator):
     :param min_hit_rate_ratio: embeddings only: skip the publish when the hit rate is below this
         multiple of the most-popular-items baseline's (e.g. 1.0: at least as good as popularity) or
         was not measured. Default None: no such gate.
+    :param approval_task_id: a human-in-the-loop approval task (Airflow's ``ApprovalOperator``) between
+        evaluation and publish: when the gate failed and that task's response in this run is
+        ``Approve``, the model is published anyway, the approval recorded in the bundle's metadata
+        (a ``Reject`` skips this task before it runs). Default None: a failed gate always skips.
     """
 
     template_fields: Sequence[str] = (
         "model_name", "input_task_id", "train_task_id", "preprocess_task_id", "fitted_spec_uri", "registry", "extra_metadata",
-        "storage_root", "min_hit_rate", "min_hit_rate_ratio",
+        "storage_root", "min_hit_rate", "min_hit_rate_ratio", "approval_task_id",
     )
     ui_color = "#dcf3fc"
     record_kind = "publish"  # the keys of its XCom: airflow_ml_provider.ml.records.RECORD_KEYS
@@ -108,6 +112,7 @@ class PublishModelOperator(MLBaseOperator):
         storage_root: str | None = None,
         min_hit_rate: float | str | None = None,
         min_hit_rate_ratio: float | str | None = None,
+        approval_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("outlets", [model_asset(model_name)])
@@ -123,6 +128,7 @@ class PublishModelOperator(MLBaseOperator):
         self.extra_metadata = extra_metadata
         self.min_hit_rate = min_hit_rate
         self.min_hit_rate_ratio = min_hit_rate_ratio
+        self.approval_task_id = approval_task_id
 
     def run(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -136,6 +142,7 @@ class PublishModelOperator(MLBaseOperator):
         name = f"PublishModelOperator({self.task_id})"
         embedding: dict[str, Any] | None = None  # the training record of embeddings (no fitted spec)
         ev = self._this_run_xcom(context, self.input_task_id)
+        approval: Any = None  # the approval task's response, when a failed gate was approved
         if ev is None:
             if self.require_evaluation:
                 raise AirflowSkipException(
@@ -156,7 +163,11 @@ class PublishModelOperator(MLBaseOperator):
         else:
             if not ev.get("gate_passed", False):
                 reasons = "; ".join(ev.get("gate_reasons") or ["unknown reason"])
-                raise AirflowSkipException(f"Not publishing {self.model_name!r}: gate failed: {reasons}")
+                approval = self._this_run_xcom(context, self.approval_task_id) if self.approval_task_id else None
+                if not approval or "Approve" not in (approval.get("chosen_options") or []):
+                    raise AirflowSkipException(f"Not publishing {self.model_name!r}: gate failed: {reasons}")
+                self.log.warning("Gate failed (%s) but %s approved the publish in task %r: publishing.", reasons,
+                                 approval.get("responded_by_user") or "a user", self.approval_task_id)
             model_uri, model_task, spec_hash = ev["model_uri"], self.input_task_id, ev.get("spec_hash")
         prep: dict[str, Any] = {}
         spec_uri = self.fitted_spec_uri
@@ -204,6 +215,9 @@ class PublishModelOperator(MLBaseOperator):
                 "spec_source": prep.get("spec_source"),
                 "evaluated": ev is not None or bool(embedding and embedding.get("hit_rate") is not None),
                 "gate": gate,
+                **({"approval": {"task_id": self.approval_task_id, "chosen_options": approval.get("chosen_options"),
+                                 "responded_by": approval.get("responded_by_user"),
+                                 "responded_at": str(approval.get("responded_at"))}} if approval else {}),
                 **(self.extra_metadata or {}),
             }
             if spec_hash:

@@ -14,6 +14,11 @@ float32 matrix and handed to the framework's trainer -- for XGBoost the same ``x
 calls a plain script makes, so training through the operator costs about the same (see
 ``bench/bench_pipeline.py``).
 
+Beyond one process (XGBoost only): ``XGBoostTrainOperator(cluster="tcp://scheduler:8786")`` (or
+``"local:N"``) trains with ``xgboost.dask`` on a Dask cluster whose workers read the feature tables
+partition by partition; ``external_memory=True`` trains on this node with XGBoost's external memory
+(tables larger than RAM). Same model directory either way (docs/trainers.md).
+
 Progress is logged per iteration / epoch (``[12/200] valid-auc=0.8123 valid-logloss=0.51``). The
 model directory (the framework's model files + ``metadata.json``: params, library versions,
 feature names, best iteration, eval history) is written atomically to the output URI.
