@@ -1,4 +1,20 @@
-"""Evaluation metrics, in numpy only (no scikit-learn at run time).
+"""Evaluation metrics: scikit-learn where it gives the same numbers, hand-written where measured faster.
+
+scikit-learn computes the ROC curve, ROC AUC, average precision, R², RMSE and MAE here. Three
+things stay hand-written because they were measured faster on 1,000,000 rows (CPU time, best of 3,
+this machine) and give the same numbers (tests/test_metrics.py compares each with scikit-learn):
+
+* ``binary_metrics``' AUC + KS + average precision from ONE sort: 174 ms, vs 683 ms for
+  ``roc_auc_score`` (271) + ``average_precision_score`` (220) + ``roc_curve`` for KS (192);
+* ``log_loss``: 14 ms vs 116 ms for ``sklearn.metrics.log_loss`` (which also clips at the float64
+  epsilon, not at the documented 1e-15);
+* ``confusion_counts``: 2 ms vs 63 ms for ``sklearn.metrics.confusion_matrix``.
+
+scikit-learn has no KS statistic, lift table or MAPE that ignores zero targets (its
+``mean_absolute_percentage_error`` divides by a tiny epsilon instead), and its precision-recall curve
+ends with an artificial (recall 0, precision 1) point that the charts do not want: those are ours.
+scikit-learn is imported inside the functions, never when this module is imported (DAG files and the
+UI import it).
 
 Binary classification (``y_true`` in {0, 1}, ``y_score`` = probability or any score where larger
 means "more likely 1"):
@@ -97,21 +113,28 @@ def _ranking_metrics(
 
 
 def roc_curve(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(fpr, tpr, thresholds)``, starting at (0, 0) with threshold +inf; one point per distinct score."""
+    """``(fpr, tpr, thresholds)``, starting at (0, 0) with threshold +inf; one point per distinct score.
+
+    ``sklearn.metrics.roc_curve(drop_intermediate=False)``; with one class the undefined rate is NaN.
+    """
+    import warnings
+
+    from sklearn import metrics as skm
+
     yt, ys = _prep(y_true, y_score)
     yt = _binary_labels(yt)
-    fps, tps, thr = _threshold_counts(yt, ys)
-    fps = np.r_[0.0, fps]
-    tps = np.r_[0.0, tps]
-    thr = np.r_[np.inf, thr]
-    P, N = tps[-1], fps[-1]
-    fpr = fps / N if N > 0 else np.full_like(fps, np.nan)
-    tpr = tps / P if P > 0 else np.full_like(tps, np.nan)
-    return fpr, tpr, thr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # UndefinedMetricWarning for one class: NaN says it
+        fpr, tpr, thr = skm.roc_curve(yt, ys, drop_intermediate=False)
+    return fpr.astype(np.float64), tpr.astype(np.float64), thr.astype(np.float64)
 
 
 def precision_recall_curve(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(precision, recall, thresholds)`` in decreasing threshold order (no artificial end point)."""
+    """``(precision, recall, thresholds)`` in decreasing threshold order (no artificial end point).
+
+    Hand-written: scikit-learn's curve is the same points in reverse order plus a (recall 0,
+    precision 1) end point (tests/test_metrics.py compares them).
+    """
     yt, ys = _prep(y_true, y_score)
     yt = _binary_labels(yt)
     fps, tps, thr = _threshold_counts(yt, ys)
@@ -122,19 +145,25 @@ def precision_recall_curve(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.nd
 
 
 def auc_score(y_true: Any, y_score: Any) -> float | None:
-    """ROC AUC with exact tie handling (trapezoid over distinct thresholds); None for one class."""
-    fpr, tpr, _ = roc_curve(y_true, y_score)
-    if np.isnan(fpr[-1]) or np.isnan(tpr[-1]):
+    """ROC AUC (``sklearn.metrics.roc_auc_score``; a tie counts one half); None for one class."""
+    from sklearn import metrics as skm
+
+    yt, ys = _prep(y_true, y_score)
+    yt = _binary_labels(yt)
+    if yt.min() == yt.max():
         return None
-    return float(_trapezoid(tpr, fpr))
+    return float(skm.roc_auc_score(yt, ys))
 
 
 def average_precision(y_true: Any, y_score: Any) -> float | None:
-    """Average precision: sum over thresholds of (R_k - R_{k-1}) * P_k (scikit-learn's definition)."""
-    precision, recall, _ = precision_recall_curve(y_true, y_score)
-    if recall[-1] == 0:
+    """Average precision (``sklearn.metrics.average_precision_score``); None without positives."""
+    from sklearn import metrics as skm
+
+    yt, ys = _prep(y_true, y_score)
+    yt = _binary_labels(yt)
+    if not yt.any():
         return None
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(skm.average_precision_score(yt, ys))
 
 
 def ks_statistic(y_true: Any, y_score: Any) -> tuple[float | None, float | None]:
@@ -148,7 +177,11 @@ def ks_statistic(y_true: Any, y_score: Any) -> tuple[float | None, float | None]
 
 
 def log_loss(y_true: Any, y_prob: Any, eps: float = LOGLOSS_EPS) -> float:
-    """Mean binary cross-entropy; probabilities clipped to ``[eps, 1 - eps]``."""
+    """Mean binary cross-entropy; probabilities clipped to ``[eps, 1 - eps]``.
+
+    Hand-written: 14 ms vs 116 ms for ``sklearn.metrics.log_loss`` on 1M rows (equal to 1e-12
+    relative in tests/test_metrics.py; scikit-learn clips at the float64 epsilon instead).
+    """
     yt, p = _prep(y_true, y_prob)
     yt = _binary_labels(yt).astype(np.float64)
     if np.any((p < 0) | (p > 1)):
@@ -158,7 +191,11 @@ def log_loss(y_true: Any, y_prob: Any, eps: float = LOGLOSS_EPS) -> float:
 
 
 def confusion_counts(y_true: Any, y_score: Any, threshold: float = 0.5) -> dict[str, int]:
-    """``{"tn", "fp", "fn", "tp"}`` when predicting 1 for ``score >= threshold``."""
+    """``{"tn", "fp", "fn", "tp"}`` when predicting 1 for ``score >= threshold``.
+
+    Hand-written: 2 ms vs 63 ms for ``sklearn.metrics.confusion_matrix`` on 1M rows (the same counts,
+    tests/test_metrics.py).
+    """
     yt, ys = _prep(y_true, y_score)
     yt = _binary_labels(yt).astype(bool)
     pred = ys >= threshold
@@ -180,7 +217,9 @@ def binary_metrics(y_true: Any, y_score: Any, threshold: float = 0.5) -> dict[st
     warnings: list[str] = []
     n = len(yt)
     n_pos = int(np.count_nonzero(yt == 1))
-    auc, ks, ks_thr, ap = _ranking_metrics(yt.astype(np.int8), ys)  # one sort for all of them
+    # one sort for all three: 174 ms vs 683 ms through scikit-learn on 1M rows (module docstring);
+    # equal to roc_auc_score / average_precision_score / roc_curve in tests/test_metrics.py
+    auc, ks, ks_thr, ap = _ranking_metrics(yt.astype(np.int8), ys)
     if auc is None:
         warnings.append(f"y_true has a single class ({'1' if n_pos else '0'}); auc and ks are undefined")
     cm = confusion_counts(yt, ys, threshold)
@@ -214,16 +253,13 @@ def binary_metrics(y_true: Any, y_score: Any, threshold: float = 0.5) -> dict[st
 
 
 def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, Any]:
-    """RMSE, MAE, R2 and MAPE (zero targets ignored and counted) as a JSON-ready dict."""
+    """RMSE, MAE, R2 (scikit-learn) and MAPE (zero targets ignored and counted) as a JSON-ready dict."""
+    from sklearn import metrics as skm
+
     yt, yp = _prep(y_true, y_pred)
     err = yp - yt
     n = len(yt)
-    ss_res = float(np.sum(err**2))
-    ss_tot = float(np.sum((yt - yt.mean()) ** 2))
-    if ss_tot > 0:
-        r2 = 1.0 - ss_res / ss_tot
-    else:
-        r2 = 1.0 if ss_res == 0 else 0.0
+    r2 = skm.r2_score(yt, yp)  # constant y_true: 1.0 for a perfect fit, else 0.0
     nz = yt != 0
     n_zero = int(n - np.count_nonzero(nz))
     warnings: list[str] = []
@@ -233,8 +269,8 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, Any]:
     return {
         "task": "regression",
         "n": n,
-        "rmse": float(np.sqrt(ss_res / n)),
-        "mae": float(np.mean(np.abs(err))),
+        "rmse": float(skm.root_mean_squared_error(yt, yp)),
+        "mae": float(skm.mean_absolute_error(yt, yp)),
         "r2": float(r2),
         "mape": mape,
         "mape_ignored_zero_targets": n_zero,
