@@ -166,8 +166,9 @@ class PublishModelOperator(MLBaseOperator):
                 approval = self._this_run_xcom(context, self.approval_task_id) if self.approval_task_id else None
                 if not approval or "Approve" not in (approval.get("chosen_options") or []):
                     raise AirflowSkipException(f"Not publishing {self.model_name!r}: gate failed: {reasons}")
+                who = approval.get("responded_by_user") or {}
                 self.log.warning("Gate failed (%s) but %s approved the publish in task %r: publishing.", reasons,
-                                 approval.get("responded_by_user") or "a user", self.approval_task_id)
+                                 (who.get("name") if isinstance(who, dict) else who) or "a user", self.approval_task_id)
             model_uri, model_task, spec_hash = ev["model_uri"], self.input_task_id, ev.get("spec_hash")
         prep: dict[str, Any] = {}
         spec_uri = self.fitted_spec_uri
