@@ -355,3 +355,21 @@ def test_embedding_service_over_http(embeddings, env, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("n", [1, 7, 300, 5_000, 100_003])
+def test_top_k_prefilter_is_exact_with_ties(n):
+    """The block-maximum prefilter of the exact top-k gives what a full sort gives (ties by row)."""
+    from airflow_ml_provider.ml.trainers.word2vec import _top_rows
+
+    rng = np.random.default_rng(n)
+    for trial in range(20):
+        sims = rng.standard_normal(n).astype(np.float32)
+        if trial % 2:  # coarse values: many ties, also across the k-th place
+            sims = np.round(sims * 3) / 3
+        if trial == 19:
+            sims[:] = 0  # all equal (a zero query)
+        rows = np.arange(n)
+        expected = rows[np.lexsort((rows, -sims))]
+        for k in (1, 5, 11, 100, n):
+            assert np.array_equal(_top_rows(sims, k), expected[:k]), (n, trial, k)

@@ -148,8 +148,7 @@ class Word2VecPredictor:
         sims = self.unit @ (v / n if n else v)
         skip = {self.index[e] for e in exclude if e in self.index}
         k = min(len(self.items), topn + len(skip))
-        top = np.argpartition(-sims, k - 1)[:k] if k < len(self.items) else np.arange(len(self.items))
-        top = top[np.lexsort((top, -sims[top]))]  # by similarity, then by row: deterministic
+        top = _top_rows(sims, k)
         return [(self.items[i], float(sims[i])) for i in top if i not in skip][:topn]
 
     def similar(self, item: Any, topn: int = 10) -> list[tuple[str, float]]:
@@ -158,6 +157,40 @@ class Word2VecPredictor:
 
     def feature_importance(self) -> dict[str, float]:
         return {}
+
+
+#: rows per block of the top-k prefilter (:func:`_top_rows`)
+_BLOCK = 256
+#: candidates up to this many are ordered by a full sort (ties by row); more go through argpartition
+_SORT_CANDIDATES = 4096
+
+
+def _top_rows(sims: np.ndarray, k: int) -> np.ndarray:
+    """The rows of the ``k`` largest ``sims``, largest first, ties by row -- exact.
+
+    Hand-written on top of numpy because it measured faster than ``np.argpartition`` over all rows
+    (100,000 float32 scores, k=11: ~0.1 ms instead of ~1 ms -- half of a whole ``:similar`` query;
+    bench/bench_similar.py): the maxima of blocks of ``_BLOCK`` rows give a threshold ``t`` (the
+    k-th largest block maximum); k different rows score >= t, so the k-th largest score is >= t and
+    every row of the top k is among the few rows scoring >= t, which are then sorted.
+    """
+    n = len(sims)
+    if k >= n:
+        rows = np.arange(n)
+        return rows[np.lexsort((rows, -sims))]
+    full = n // _BLOCK * _BLOCK
+    if n // _BLOCK > k:
+        maxima = sims[:full].reshape(-1, _BLOCK).max(axis=1)
+        threshold = np.partition(maxima, len(maxima) - k)[len(maxima) - k]
+        rows = np.flatnonzero(sims >= threshold)
+    else:
+        rows = np.arange(n)
+    if len(rows) > _SORT_CANDIDATES:  # many equal scores (e.g. a zero query): partition first
+        part = np.argpartition(-sims[rows], k - 1)[:k]
+        kth = sims[rows[part]].min()
+        rows = rows[sims[rows] >= kth]  # every row tied with the k-th too, for the order by row
+    scores = sims[rows]
+    return rows[np.lexsort((rows, -scores))][:k]
 
 
 class Word2VecTrainer:
