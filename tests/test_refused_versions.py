@@ -202,3 +202,20 @@ def _wrapped(cause: BaseException) -> BaseException:
             raise ModelLoadError("model 'churn' version 1: cannot read the manifest") from None
     except ModelLoadError as exc:
         return exc
+
+
+@pytest.mark.mariadb
+def test_refusals_on_mariadb(mariadb_url):
+    reg = ModelRegistry(mariadb_url)
+    try:
+        for v in (1, 2):
+            reg.publish(name=NAME, bundle_uri=f"file:///s/models/churn/{v}", framework="xgboost", checksum=f"{v}" * 64)
+        event = reg.record_refusal(NAME, 2, reason="checksum mismatch for model/model.ubj", instance="h:1")
+        assert (event.action, event.created_by) == (ACTION_REFUSED, "h:1")
+        assert reg.refused_versions(NAME) == [2] and reg.is_refused(NAME, 1) is None
+        assert reg.get(NAME, 2).status == STATUS_REFUSED and reg.current(NAME).version == 2
+        with pytest.raises(RefusedVersionError, match="the model service h:1 refused to load it"):
+            reg.rollback(NAME, 2)
+        assert reg.rollback(NAME, 1).version == 1 and reg.current(NAME).version == 1
+    finally:
+        reg.dispose()
