@@ -16,9 +16,9 @@ ignored (a client may exclude items the model has not seen). The query item itse
 its own neighbours.
 
 Nearest items are EXACT: cosine similarity against every item as one float32 matrix-vector product
-over the L2-normalised copy of the vectors made at load, then ``argpartition`` for the top k
-(:meth:`~airflow_ml_provider.ml.trainers.word2vec.Word2VecPredictor.similar_to_vector`, the one
-implementation, shared with offline use). ``bench/bench_similar.py`` measures it; docs/serving.md
+over the L2-normalised copy of the vectors made at load, then the top k through a block-maximum
+prefilter (:meth:`~airflow_ml_provider.ml.trainers.word2vec.Word2VecPredictor.similar_to_vector`,
+the one implementation, shared with offline use). ``bench/bench_similar.py`` measures it; docs/serving.md
 names the catalogue size up to which that is fast enough. A query over a catalogue of more than
 :data:`INLINE_MACS` multiply-adds runs in a worker thread so the event loop keeps serving others.
 """
