@@ -2,6 +2,9 @@
 
 Input: the splits written by :class:`~airflow_ml_provider.operators.sample.SampleOperator`
 (its XCom, from ``input_task_id``), or explicit ``train_uri`` / ``valid_uri`` / ``test_uri``.
+Parquet splits are fitted from streaming statistics and transformed row group by row group
+(:mod:`airflow_ml_provider.ml.features.streaming`), so memory does not grow with the rows; the
+fitted spec is the one the in-memory fit gives. CSV splits are read whole.
 
 The feature spec (YAML, see :mod:`airflow_ml_provider.ml.features`) is given as ``spec``:
 
