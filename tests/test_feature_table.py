@@ -307,3 +307,15 @@ def test_writer_failure_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(FeatureTableError, match="has no label"):
         ft.FeatureTableWriter(tmp_path / "w.parquet", ["a", "b"]).write(X, y)
+
+
+@pytest.mark.parametrize("start, length", [(0, 5), (7, 5), (0, 500), (495, 5)])
+def test_slices_of_a_read_table_decode_their_own_rows(tmp_path, start, length):
+    X, y = _data(n=500, d=4)
+    path = tmp_path / "s.parquet"
+    write_feature_table(path, X, y, [f"f{i}" for i in range(4)])
+    table = pq.read_table(path)
+    ds = table_to_dataset(table.slice(start, length), where=str(path))
+    assert ds.X.shape == (length, 4)
+    assert ds.X.tobytes() == X[start:start + length].tobytes()
+    np.testing.assert_array_equal(ds.y, y[start:start + length])

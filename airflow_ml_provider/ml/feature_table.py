@@ -433,9 +433,10 @@ def table_to_dataset(table, where: str = "<table>") -> Dataset:
             if not np.little_endian:  # pragma: no cover - big-endian hosts
                 flat = flat.astype(np.float32)
         elif pa.types.is_fixed_size_list(col.type) and col.type.list_size == d:
-            values = arr.values
-            if arr.offset:
-                values = values.slice(arr.offset * d, n * d)
+            # .values is the whole child array, whatever slice of the list array this is: cut it to
+            # this array's rows (zero-copy) even at offset 0, where a shorter slice would still carry
+            # the rows after it
+            values = arr.values.slice(arr.offset * d, n * d)
             if values.type != pa.float32():
                 values = values.cast(pa.float32())
             if values.null_count:
