@@ -243,6 +243,25 @@ def test_similar_is_exact_with_exclusions_and_vectors(w2v_app):
     assert status == 200 and len(sim["similar"]) == len(p) - 1
 
 
+def test_similar_on_a_big_catalogue_runs_off_the_event_loop_with_the_same_answer(w2v_app, monkeypatch):
+    """Over INLINE_MACS multiply-adds a query runs in a worker thread; the answer does not change."""
+    import threading
+
+    from airflow_ml_provider.serving import embeddings
+
+    app, _ = w2v_app
+    doc = {"item": "c4_i4", "k": 7, "exclude": ["c4_i5"]}
+    status, inline = _post(app, "/v1/models/emb:similar", doc)
+    threads = []
+    real = embeddings.similar_items
+    monkeypatch.setattr(embeddings, "similar_items",
+                        lambda *a: (threads.append(threading.current_thread().name), real(*a))[1])
+    monkeypatch.setattr(embeddings, "INLINE_MACS", 0)
+    status2, offloaded = _post(app, "/v1/models/emb:similar", doc)
+    assert status == status2 == 200 and offloaded == inline
+    assert threads and threads[0] != threading.main_thread().name
+
+
 @pytest.mark.parametrize(("path", "doc", "message"), [
     (":predict", {"instances": ["c0_i0", "no_such_item"]}, "instance 1: unknown item 'no_such_item'"),
     (":predict", {"instances": [{"a": 1}]}, "instance 0 must be an item id (a string), got a JSON object"),
