@@ -543,3 +543,115 @@ def test_two_live_replicas_follow_label_canary_promote_abort(models, tmp_path):
         log = s.log_path.read_text()
         assert "labels stable=v1; canary none" in log and "canary version 2 at 20%" in log, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shadow mode: a version scores a copy of the traffic, only the served version answers
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_shadow_events_and_refusals(reg):
+    _fake_publish(reg, 3)
+    with pytest.raises(RegistryError, match="no shadow running; nothing to stop"):
+        reg.stop_shadow("m")
+    with pytest.raises(RegistryError, match="already the served version"):
+        reg.start_shadow("m", 3)
+    with pytest.raises(UnknownModelError, match="has no version 8"):
+        reg.start_shadow("m", 8)
+    ev = reg.start_shadow("m", 2, 40, by="eve")
+    assert (ev.action, ev.version, ev.percent, ev.created_by) == ("shadow", 2, 40.0, "eve")
+    reg.start_canary("m", 1, 10)
+    state = reg.serving_state("m")
+    assert state.shadow.version == 2 and state.shadow_percent == 40.0 and state.canary.version == 1
+    assert state.to_dict()["shadow"] == {"version": 2, "percent": 40.0}
+    ev = reg.stop_shadow("m")
+    assert (ev.action, ev.version) == ("unshadow", 2)
+    state = reg.serving_state("m")
+    assert state.shadow is None and state.canary.version == 1 and state.current.version == 3
+
+
+def test_cli_shadow(tmp_path):
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    reg = ModelRegistry(url)
+    _fake_publish(reg, 2, name="churn")
+    p = _cli("models", "shadow", "churn", "--version", "1", "--registry", url)
+    assert p.returncode == 0, p.stderr
+    assert "shadow version 1 scores a copy of 100% of unpinned requests (answers unchanged)" in p.stdout
+    assert json.loads(_cli("models", "show", "churn", "--registry", url).stdout)["shadow"] == {
+        "version": 1, "percent": 100.0}
+    p = _cli("models", "shadow", "churn", "--stop", "--registry", url)
+    assert p.returncode == 0 and "shadow version 1 stopped" in p.stdout
+    p = _cli("models", "shadow", "churn", "--stop", "--registry", url)
+    assert p.returncode == 1 and "has no shadow running" in p.stderr and "Traceback" not in p.stderr
+    assert [e.action for e in reg.events("churn")][2:] == ["shadow", "unshadow"]
+    reg.dispose()
+
+
+def test_in_process_shadow_scores_copies_without_changing_answers(models, tmp_path):
+    reg = ModelRegistry(f"sqlite:///{tmp_path / 'registry.db'}")
+    reg.create_tables()
+    store = tmp_path / "store"
+    for m in models[:2]:
+        publish(reg, m.bundle_dir, store)
+    manager = ModelManager(reg, [MODEL], poll_seconds=0.2, keep_versions=1, cache_dir=tmp_path / "cache")
+    app = create_app(None, [MODEL], manager=manager, manage_lifecycle=False)
+    frame = models[0].valid_frame.iloc[:3]
+    body = predict_body(row_dicts(frame))
+    served = _scores(models[1], frame)
+    shadow_scores = _scores(models[0], frame)
+    want_diff = float(np.mean(np.abs(np.float64(shadow_scores) - np.float64(served))))
+
+    def metrics_text() -> str:
+        out = call(app, "GET", "/metrics")[2]
+        return out.decode() if isinstance(out, bytes) else out
+
+    def wait_shadow(n: int) -> str:
+        deadline = time.monotonic() + 60
+        while True:
+            text = metrics_text()
+            try:
+                done = sum(_metric(text, "airflow_ml_serving_shadow_requests_total", model=MODEL, version="1",
+                                   outcome=o) for o in ("ok",))
+            except AssertionError:
+                done = 0
+            if done >= n or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)
+
+    try:
+        manager.poll_once()
+        reg.start_shadow(MODEL, 1, 100)
+        manager.poll_once()
+        assert manager.loaded_versions(MODEL) == [1, 2]  # the shadow stays loaded (keep_versions=1)
+        for _ in range(200):
+            status, _, doc = call(app, "POST", f"/v1/models/{MODEL}:predict", body)
+            assert status == 200 and doc["model_version"] == 2  # answers only from the served version
+            assert np.array_equal(np.float32(doc["predictions"]), served)
+        # pinned and labelled requests are not copied
+        for _ in range(20):
+            assert call(app, "POST", f"/v1/models/{MODEL}/versions/2:predict", body)[0] == 200
+        text = wait_shadow(200)
+        ok = _metric(text, "airflow_ml_serving_shadow_requests_total", model=MODEL, version="1", outcome="ok")
+        try:
+            dropped = _metric(text, "airflow_ml_serving_shadow_requests_total", model=MODEL, version="1",
+                              outcome="dropped")
+        except AssertionError:
+            dropped = 0
+        assert ok + dropped == 200 and ok > 0, (ok, dropped)
+        diff_sum = _metric(text, "airflow_ml_serving_shadow_abs_diff_sum", model=MODEL, version="1")
+        assert diff_sum == pytest.approx(want_diff * ok, rel=1e-6)  # the shadow really scored v1
+        status, _, doc = call(app, "GET", f"/v1/models/{MODEL}")
+        entry = {e["version"]: e for e in doc["model_version_status"]}
+        assert entry["1"]["shadow_percent"] == 100.0 and entry["2"]["current"] is True
+
+        reg.stop_shadow(MODEL)
+        manager.poll_once()
+        for _ in range(50):
+            assert call(app, "POST", f"/v1/models/{MODEL}:predict", body)[2]["model_version"] == 2
+        after = _metric(metrics_text(), "airflow_ml_serving_shadow_requests_total", model=MODEL, version="1",
+                        outcome="ok")
+        assert after == ok
+        assert manager.loaded_versions(MODEL) == [2]
+    finally:
+        manager.close()
+        reg.dispose()

@@ -10,6 +10,8 @@ Examples::
     airflow-ml models canary churn --version 3 --percent 10 # 10% of unpinned requests to version 3
     airflow-ml models promote churn                         # the canary version becomes the served one
     airflow-ml models abort churn                           # back to 100% on the served version
+    airflow-ml models shadow churn --version 4 [--percent 100] # v4 scores a copy; only the served one answers
+    airflow-ml models shadow churn --stop
 
 Every command takes ``--registry URL_OR_CONN_ID``: a SQLAlchemy URL (``sqlite:////path/reg.db``,
 ``mysql://user:pw@host/db``) or an Airflow connection id. Without it the registry setting is used,
@@ -105,6 +107,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_abort.add_argument("name", help="model name")
     add_who(p_abort)
     p_abort.set_defaults(func=cmd_abort)
+
+    p_shadow = sub.add_parser("shadow", help="have a version score a copy of the traffic (never answering)",
+                              description="Shadow mode: VERSION scores a copy of PERCENT %% (default 100) of "
+                              "the unpinned requests after they are answered; only the served version (or "
+                              "the canary) answers. Compare in the metrics (shadow_abs_diff, "
+                              "shadow_latency_seconds). --stop ends it.")
+    p_shadow.add_argument("name", help="model name")
+    group = p_shadow.add_mutually_exclusive_group(required=True)
+    group.add_argument("--version", default=None, help="the shadow version")
+    group.add_argument("--stop", action="store_true", help="end shadow mode")
+    p_shadow.add_argument("--percent", default="100", help="share of unpinned requests copied, 0 < P <= 100")
+    add_who(p_shadow)
+    p_shadow.set_defaults(func=cmd_shadow)
 
     parser.set_defaults(func=lambda args: _usage(parser))
 
@@ -256,6 +271,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     data["last_serving_event"] = last.to_dict() if last else None
     data["labels"] = routing["labels"]  # label -> version (every label of the model)
     data["canary"] = routing["canary"]  # {"version", "percent"} or None
+    data["shadow"] = routing["shadow"]  # {"version", "percent"} or None
     data["refused"] = _refusal_dict(refusal)  # {"by", "reason", "at"}: a model service refused to load it
     if args.format == "json":
         print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
@@ -283,6 +299,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     rows.append(["labels", ", ".join(f"{k}=v{v}" for k, v in data["labels"].items()) or "none"])
     canary = data["canary"]
     rows.append(["canary", f"version {canary['version']} at {canary['percent']:g}%" if canary else "none"])
+    shadow = data["shadow"]
+    rows.append(["shadow", f"version {shadow['version']} on {shadow['percent']:g}%" if shadow else "none"])
     if refusal is not None:
         rows.append(["refused", f"by {refusal.created_by or 'a model service'} at {refusal.created_at}: "
                                 f"{refusal.reason}"])
@@ -390,4 +408,26 @@ def cmd_abort(args: argparse.Namespace) -> int:
     served = f"version {current.version}" if current is not None else "the served version"
     print(f"model {args.name!r}: canary version {event.version} aborted, 100% of requests to {served}; "
           f"event {event.id} recorded, {_FOLLOW}")
+    return 0
+
+
+def cmd_shadow(args: argparse.Namespace) -> int:
+    from airflow_ml_provider.ml.registry import validate_percent
+
+    _call(_check_name, args.name)
+    version = None if args.stop else _version_arg(args.version)
+    percent = None if args.stop else _call(validate_percent, args.percent)
+    registry = _open(args)
+    try:
+        if args.stop:
+            event = _call(registry.stop_shadow, args.name, by=_who(args), reason=args.reason)
+        else:
+            event = _call(registry.start_shadow, args.name, version, percent, by=_who(args), reason=args.reason)
+    finally:
+        registry.dispose()
+    if args.stop:
+        print(f"model {args.name!r}: shadow version {event.version} stopped; event {event.id} recorded, {_FOLLOW}")
+    else:
+        print(f"model {args.name!r}: shadow version {event.version} scores a copy of {percent:g}% of unpinned "
+              f"requests (answers unchanged); event {event.id} recorded, {_FOLLOW}")
     return 0

@@ -73,6 +73,10 @@ ACTION_UNLABEL = "unlabel"
 ACTION_CANARY = "canary"
 ACTION_PROMOTE = "promote"
 ACTION_ABORT = "abort"
+#: Shadow mode: ``shadow`` has a version score a copy of ``percent`` % of the unpinned requests
+#: (answers still come from the served version / the canary) until ``unshadow``.
+ACTION_SHADOW = "shadow"
+ACTION_UNSHADOW = "unshadow"
 #: The events that name the version the service serves (:meth:`ModelRegistry.current`). Every other
 #: kind (labels, canary, refusals...) is recorded in the same log but leaves the served version alone.
 SERVED_ACTIONS = (ACTION_PUBLISH, ACTION_ROLLBACK, ACTION_PROMOTE)
@@ -234,6 +238,9 @@ class ServingState:
     canary: ModelRecord | None = None
     canary_percent: float = 0.0
     watermark: int = 0
+    #: the shadow version (scores a copy of ``shadow_percent`` % of unpinned requests; never answers)
+    shadow: ModelRecord | None = None
+    shadow_percent: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -242,6 +249,8 @@ class ServingState:
             "canary": ({"version": self.canary.version, "percent": self.canary_percent}
                        if self.canary is not None else None),
             "watermark": self.watermark,
+            "shadow": ({"version": self.shadow.version, "percent": self.shadow_percent}
+                       if self.shadow is not None else None),
         }
 
 
@@ -769,7 +778,16 @@ class ModelRegistry:
             canary_version = None
             if canary_row is not None and canary_row.action == ACTION_CANARY and canary_row.percent:
                 canary_version = int(canary_row.version)
+            shadow_row = conn.execute(
+                sa.select(s.c.action, s.c.version, s.c.percent)
+                .where(s.c.model_name == name, s.c.action.in_((ACTION_SHADOW, ACTION_UNSHADOW)))
+                .order_by(s.c.id.desc()).limit(1)
+            ).first()
+            shadow_version = None
+            if shadow_row is not None and shadow_row.action == ACTION_SHADOW and shadow_row.percent:
+                shadow_version = int(shadow_row.version)
             wanted = {int(r.version) for r in label_rows} | ({canary_version} if canary_version else set())
+            wanted |= {shadow_version} if shadow_version else set()
             records: dict[int, ModelRecord] = {}
             if wanted:
                 for row in conn.execute(sa.select(t).where(t.c.model_name == name, t.c.version.in_(wanted))):
@@ -777,9 +795,11 @@ class ModelRegistry:
                     records[rec.version] = rec
             labels = {r.label: records[int(r.version)] for r in label_rows if int(r.version) in records}
             canary = records.get(canary_version) if canary_version else None
+            shadow = records.get(shadow_version) if shadow_version else None
             return ServingState(current=current, labels=labels, canary=canary,
                                 canary_percent=float(canary_row.percent) if canary is not None else 0.0,
-                                watermark=mark)
+                                watermark=mark, shadow=shadow,
+                                shadow_percent=float(shadow_row.percent) if shadow is not None else 0.0)
 
         return self._read("reading the serving state", fn, ServingState(current=None))
 
@@ -1028,6 +1048,28 @@ class ModelRegistry:
         event naming the canary version)."""
         state = self._running_canary(name, "abort")
         return self._append_event(name, state.canary.version, ACTION_ABORT, by=by, reason=reason)
+
+    def start_shadow(self, name: str, version: int, percent: float = 100.0, by: str | None = None,
+                     reason: str | None = None) -> ServingEvent:
+        """Shadow mode: ``version`` scores a copy of ``percent`` % of the unpinned requests of
+        ``name``; only the served version (or the canary) answers. Replaces a running shadow."""
+        version = self._routable(name, version, "shadow")
+        percent = validate_percent(percent)
+        current = self.current(name)
+        if current is not None and current.version == version:
+            raise RegistryError(f"model {name!r} version {version} is already the served version; "
+                                "a shadow needs another version")
+        return self._append_event(name, version, ACTION_SHADOW, by=by, reason=reason, percent=percent)
+
+    def stop_shadow(self, name: str, by: str | None = None, reason: str | None = None) -> ServingEvent:
+        """End shadow mode (an ``unshadow`` event naming the shadow version)."""
+        validate_model_name(name)
+        state = self.serving_state(name)
+        if state.shadow is None:
+            if state.current is None:
+                raise UnknownModelError(self._unknown_model_message(name))
+            raise RegistryError(f"model {name!r} has no shadow running; nothing to stop")
+        return self._append_event(name, state.shadow.version, ACTION_UNSHADOW, by=by, reason=reason)
 
 
 def validate_label(label: Any) -> str:

@@ -31,6 +31,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -47,7 +48,7 @@ from airflow_ml_provider.serving.errors import (
 )
 from airflow_ml_provider.serving.heap import settle_heap
 from airflow_ml_provider.serving.manager import ModelManager
-from airflow_ml_provider.serving.routing import ROUTE_LABEL, ROUTE_PINNED
+from airflow_ml_provider.serving.routing import ROUTE_CANARY, ROUTE_LABEL, ROUTE_PINNED, ROUTE_STABLE
 
 log = logging.getLogger("airflow_ml_provider.serving")
 
@@ -59,6 +60,8 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_INSTANCES = 10_000
 #: Batches up to this many rows are predicted on the event loop; larger ones in a worker thread.
 INLINE_ROWS = 256
+#: Shadow mode: request copies waiting for the shadow version beyond this are dropped (counted).
+SHADOW_MAX_PENDING = 64
 TOKEN_ENV = "AIRFLOW_ML_SERVE_TOKEN"
 
 _PREFIX = "/v1/models/"
@@ -207,6 +210,8 @@ class ServingApp:
         self.max_instances = int(max_instances)
         self._token = token.encode() if token else None
         self._manage_lifecycle = manage_lifecycle
+        self._shadow_pool = None  # created by the first shadow copy (serving/routing.py)
+        self._shadow_slots = threading.BoundedSemaphore(SHADOW_MAX_PENDING)
 
     # ---- ASGI entry ---------------------------------------------------------------------------
 
@@ -235,6 +240,8 @@ class ServingApp:
                 _count_connection_events(self.metrics)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._shadow_pool is not None:  # pending shadow copies are dropped at shutdown
+                    self._shadow_pool.shutdown(wait=False, cancel_futures=True)
                 if self._manage_lifecycle:
                     await asyncio.get_running_loop().run_in_executor(None, self.manager.close)
                 await send({"type": "lifespan.shutdown.complete"})
@@ -432,8 +439,40 @@ class ServingApp:
                 predictions = await asyncio.get_running_loop().run_in_executor(None, model.predict, instances)
             await _respond(send, 200, _dumps_predictions(predictions.tolist(), model.version), _JSON_HEADERS)
             rows = len(instances)
+            if route in (ROUTE_STABLE, ROUTE_CANARY):  # shadow mode: a copy, scored after the answer
+                shadow = self.manager.shadow_for(name)
+                if shadow is not None:
+                    self._shadow(name, shadow, instances, predictions)
         self.metrics.observe_version(name, model.version, route, time.perf_counter() - started)
         return rows
+
+    def _shadow(self, name: str, shadow: Any, instances: list, answered: Any) -> None:
+        """Score a copy of a request with the shadow version in a background thread; the answer has
+        gone already. At most ``SHADOW_MAX_PENDING`` copies wait; beyond that they are dropped
+        (counted), so a slow shadow never holds requests or memory."""
+        if not self._shadow_slots.acquire(blocking=False):
+            self.metrics.observe_shadow(name, shadow.version, "dropped")
+            return
+        if self._shadow_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="airflow-ml-shadow")
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                import numpy as np
+
+                scores = np.asarray(shadow.predict(instances), dtype=np.float64)
+                diff = float(np.mean(np.abs(scores - np.asarray(answered, dtype=np.float64))))
+                self.metrics.observe_shadow(name, shadow.version, "ok", time.perf_counter() - t0, diff)
+            except Exception as exc:  # noqa: BLE001 - a shadow never affects the service
+                self.metrics.observe_shadow(name, shadow.version, "error", time.perf_counter() - t0)
+                log.debug("shadow version %d of %r failed on a request copy: %s", shadow.version, name, exc)
+            finally:
+                self._shadow_slots.release()
+
+        self._shadow_pool.submit(run)
 
     def _labelled(self, name: str, label: str):
         model = self.manager.get_label(name, label)

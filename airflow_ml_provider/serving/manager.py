@@ -376,6 +376,13 @@ class ModelManager:
             return routes.canary, ROUTE_CANARY
         return self._served.get(name), ROUTE_STABLE
 
+    def shadow_for(self, name: str) -> LoadedModel | None:
+        """The shadow model when this unpinned request is one whose copy it scores, else None."""
+        routes = self._routes.get(name)
+        if routes is not None and routes.shadow is not None and routes.shadow_split.take():
+            return routes.shadow
+        return None
+
     def get_label(self, name: str, label: str) -> LoadedModel | None:
         """The model ``label`` names (``/v1/models/{name}/labels/{label}``), if it is loaded."""
         routes = self._routes.get(name)
@@ -411,6 +418,8 @@ class ModelManager:
                     entries[version].setdefault("labels", []).append(label)
             if routes.canary is not None and routes.canary.version in entries:
                 entries[routes.canary.version]["canary_percent"] = routes.split.percent
+            if routes.shadow is not None and routes.shadow.version in entries:
+                entries[routes.shadow.version]["shadow_percent"] = routes.shadow_split.percent
         loading = self._loading.get(name)
         if loading is not None and loading not in entries:
             entries[loading] = _status_entry(loading, "LOADING", "OK", "")
@@ -568,13 +577,21 @@ class ModelManager:
         percent = float(state.canary_percent or 0.0) if canary_rec is not None else 0.0
         want_canary = int(canary_rec.version) if canary_rec is not None else None
         old = self._routes.get(name, NO_ROUTES)
+        shadow_rec = getattr(state, "shadow", None)
+        want_shadow = int(shadow_rec.version) if shadow_rec is not None else None
+        shadow_percent = float(state.shadow_percent or 0.0) if shadow_rec is not None else 0.0
         if (old.label_versions == label_versions and old.canary_version == want_canary
                 and (old.split.percent if old.split else 0.0) == percent
-                and len(old.labels) == len(label_versions) and (want_canary is None or old.canary is not None)):
+                and old.shadow_version == want_shadow
+                and (old.shadow_split.percent if old.shadow_split else 0.0) == shadow_percent
+                and len(old.labels) == len(label_versions) and (want_canary is None or old.canary is not None)
+                and (want_shadow is None or old.shadow is not None)):
             return  # unchanged, and everything it names is loaded
         records = {int(rec.version): rec for rec in (state.labels or {}).values()}
         if canary_rec is not None:
             records[int(canary_rec.version)] = canary_rec
+        if shadow_rec is not None:
+            records[want_shadow] = shadow_rec
         loaded = {}
         for version, rec in records.items():
             model = self._obtain(name, rec)
@@ -582,6 +599,9 @@ class ModelManager:
                 loaded[version] = model
         canary = loaded.get(int(canary_rec.version)) if canary_rec is not None else None
         split = old.split if (old.split is not None and old.split.percent == percent) else None
+        shadow = loaded.get(want_shadow) if want_shadow is not None else None
+        shadow_split = old.shadow_split if (old.shadow_split is not None
+                                            and old.shadow_split.percent == shadow_percent) else None
         routes = Routes(
             labels={label: loaded[v] for label, v in label_versions.items() if v in loaded},
             label_versions=label_versions,
@@ -589,15 +609,22 @@ class ModelManager:
             canary_version=int(canary_rec.version) if canary_rec is not None else None,
             split=(split or CanarySplit(percent)) if canary is not None else None,
             watermark=int(getattr(state, "watermark", 0) or 0),
+            shadow=shadow,
+            shadow_version=want_shadow,
+            shadow_split=(shadow_split or CanarySplit(shadow_percent)) if shadow is not None else None,
         )
         self._routes = {**self._routes, name: routes}  # publish: one reference assignment
         self.metrics.canary_percent.labels(name).set(percent if canary is not None else 0.0)
         self.metrics.canary_version.labels(name).set(canary.version if canary is not None else 0)
         if routes.label_versions != old.label_versions or routes.canary_version != old.canary_version \
-                or (routes.split and routes.split.percent) != (old.split and old.split.percent):
-            log.info("model %r: labels %s; canary %s", name,
+                or (routes.split and routes.split.percent) != (old.split and old.split.percent) \
+                or routes.shadow_version != old.shadow_version \
+                or (routes.shadow_split and routes.shadow_split.percent) != (old.shadow_split
+                                                                            and old.shadow_split.percent):
+            log.info("model %r: labels %s; canary %s; shadow %s", name,
                      ", ".join(f"{k}=v{v}" for k, v in sorted(label_versions.items())) or "none",
-                     f"version {canary.version} at {percent:g}%" if canary is not None else "none")
+                     f"version {canary.version} at {percent:g}%" if canary is not None else "none",
+                     f"version {shadow.version} on {shadow_percent:g}%" if shadow is not None else "none")
         for v in loaded:
             self._lru[name] = [x for x in self._lru[name] if x != v] + [v]
         self._evict(name)

@@ -23,6 +23,10 @@ Metrics (all prefixed ``airflow_ml_serving_``):
                                           (compare a canary with the served version)
 ``canary_percent{model}``                 share of unpinned requests sent to the canary (0: none)
 ``canary_version{model}``                 the canary version (0: none)
+``shadow_requests_total{model,version,outcome}``  copies of unpinned requests scored by the shadow
+                                          version: ``ok``, ``error`` or ``dropped`` (backlog full)
+``shadow_latency_seconds{model,version}``  histogram of the shadow's scoring time
+``shadow_abs_diff{model,version}``         histogram of the mean |shadow score - answered score| per request
 ``connections_closed_total{reason}``      connections the server closed on its own: ``header_timeout``,
                                           ``body_timeout`` (a slow or stalled client) or ``over_limit``
                                           (refused past ``--max-connections``); see serving/protocol.py
@@ -87,6 +91,15 @@ class ServingMetrics:
         self.canary_version = Gauge(prefix + "canary_version", "The canary version (0: none)", ["model"],
                                     registry=r)
         self._version_children: dict[tuple[str, int, str], tuple[object, object]] = {}
+        self.shadow_requests = Counter(prefix + "shadow_requests", "Request copies scored by the shadow version",
+                                       ["model", "version", "outcome"], registry=r)
+        self.shadow_latency = Histogram(prefix + "shadow_latency_seconds", "Shadow scoring time in seconds",
+                                        ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.shadow_abs_diff = Histogram(prefix + "shadow_abs_diff",
+                                         "Mean absolute difference between shadow and answered scores",
+                                         ["model", "version"],
+                                         buckets=(0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+                                         registry=r)
         self._known = set(models)
         self._req_children: dict[tuple[str, int], object] = {}
         self._lat_children: dict[str, object] = {}
@@ -131,6 +144,16 @@ class ServingMetrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_shadow(self, model: str, version: int, outcome: str, seconds: float | None = None,
+                       abs_diff: float | None = None) -> None:
+        """Count one request copy scored (or not) by the shadow version (off the request path)."""
+        v = str(version)
+        self.shadow_requests.labels(model, v, outcome).inc()
+        if seconds is not None:
+            self.shadow_latency.labels(model, v).observe(seconds)
+        if abs_diff is not None:
+            self.shadow_abs_diff.labels(model, v).observe(abs_diff)
 
     def connection_closed(self, reason: str) -> None:
         """Count a connection the server closed (the protocol's ``on_event``)."""

@@ -68,6 +68,9 @@ class Routes:
     canary_version: int | None = None
     split: CanarySplit | None = None
     watermark: int = 0
+    shadow: Any = None  # LoadedModel that scores a copy of unpinned requests (never answers), or None
+    shadow_version: int | None = None
+    shadow_split: CanarySplit | None = None  # which unpinned requests are copied to the shadow
 
     @property
     def versions(self) -> set[int]:
@@ -75,6 +78,8 @@ class Routes:
         wanted = set(self.label_versions.values())
         if self.canary_version is not None:
             wanted.add(self.canary_version)
+        if self.shadow_version is not None:
+            wanted.add(self.shadow_version)
         return wanted
 
 
