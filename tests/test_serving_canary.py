@@ -655,3 +655,52 @@ def test_in_process_shadow_scores_copies_without_changing_answers(models, tmp_pa
     finally:
         manager.close()
         reg.dispose()
+
+
+def test_unchanged_watermark_skips_the_full_poll(models, tmp_path):
+    """Every label/canary/shadow change raises the watermark the manager checks first; while it does
+    not move (and everything is loaded), a poll is that one query."""
+
+    class CountingRegistry:
+        """The manager's view of the registry: counts its per-model reads."""
+
+        full_reads = 0
+
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, attr):
+            return getattr(self._inner, attr)
+
+        def serving_state(self, name):
+            CountingRegistry.full_reads += 1
+            return self._inner.serving_state(name)
+
+    reg = ModelRegistry(f"sqlite:///{tmp_path / 'registry.db'}")
+    reg.create_tables()
+    for m in models[:2]:
+        publish(reg, m.bundle_dir, tmp_path / "store")
+    manager = ModelManager(CountingRegistry(reg), [MODEL], poll_seconds=0.2, cache_dir=tmp_path / "cache")
+    try:
+        assert manager.poll_once() == {MODEL: 2}
+        reads = CountingRegistry.full_reads
+        for _ in range(5):
+            manager.poll_once()
+        assert CountingRegistry.full_reads == reads  # nothing changed: no per-model reads
+        for change in (lambda: reg.set_label(MODEL, "stable", 1), lambda: reg.start_canary(MODEL, 1, 30),
+                       lambda: reg.start_shadow(MODEL, 1), lambda: reg.stop_shadow(MODEL),
+                       lambda: reg.abort_canary(MODEL), lambda: reg.remove_label(MODEL, "stable")):
+            change()
+            manager.poll_once()
+            assert CountingRegistry.full_reads == reads + 1, "a change must trigger a full read"
+            reads += 1
+            manager.poll_once()
+            assert CountingRegistry.full_reads == reads
+        routes = manager.routes(MODEL)
+        assert routes.label_versions == {} and routes.canary is None and routes.shadow is None
+        reg.start_canary(MODEL, 1, 30)
+        reg.promote(MODEL)
+        assert manager.poll_once() == {MODEL: 1}
+    finally:
+        manager.close()
+        reg.dispose()

@@ -347,6 +347,7 @@ class ModelManager:
         self._served: dict[str, LoadedModel] = {}
         self._versions: dict[str, dict[int, LoadedModel]] = {name: {} for name in self.models}
         self._routes: dict[str, Routes] = {}  # labels and canary (serving/routing.py)
+        self._seen_mark: int | None = None  # the registry watermark of the last complete poll
         # Poll-thread-only state.
         self._lru: dict[str, list[int]] = {name: [] for name in self.models}  # most recent last
         self._failures: dict[str, dict[int, _Failure]] = {name: {} for name in self.models}
@@ -463,9 +464,37 @@ class ModelManager:
                 log.exception("unexpected error while polling the model registry")
             self._stop.wait(max(0.0, self.poll_seconds - (time.monotonic() - started)))
 
+    def _settled(self) -> bool:
+        """Whether everything the last full poll asked for is in place: every model served, no load
+        waiting for a retry, every label/canary/shadow version loaded. Only then may an unchanged
+        watermark skip the full poll."""
+        if any(self._failures[name] for name in self.models) or not self.is_ready():
+            return False
+        for routes in self._routes.values():
+            if (len(routes.labels) != len(routes.label_versions)
+                    or (routes.canary_version is not None and routes.canary is None)
+                    or (routes.shadow_version is not None and routes.shadow is None)):
+                return False
+        return True
+
     def poll_once(self) -> dict[str, int | None]:
-        """Poll the registry once and swap in what changed. Returns the served version per model."""
+        """Poll the registry once and swap in what changed. Returns the served version per model.
+
+        First one indexed ``MAX(id)`` query (:meth:`ModelRegistry.watermark`): every serving event --
+        publish, rollback, label, canary, promote, abort, shadow -- raises it, so when it has not moved
+        and everything is in place, the per-model reads are skipped."""
         with self._poll_lock:
+            mark = None
+            watermark_of = getattr(self.registry, "watermark", None)
+            if watermark_of is not None:
+                try:
+                    mark = int(watermark_of(self.models))
+                except Exception:  # noqa: BLE001 - the full poll below reports the outage
+                    mark = None
+            if mark is not None and mark == self._seen_mark and self._settled():
+                self._last_poll = time.time()
+                return {name: (m.version if (m := self._served.get(name)) else None) for name in self.models}
+            all_read = True
             for name in self.models:
                 if self._stop.is_set() and self._thread is not None:
                     break
@@ -482,6 +511,7 @@ class ModelManager:
                     log.log(level, "polling the registry for model %r failed (still serving %s; retrying "
                             "every %.1f s): %s", name, self._describe(name), self.poll_seconds, message)
                     self._last_poll_error = message
+                    all_read = False
                     continue
                 if self._last_poll_error is not None:
                     log.info("the registry answers again (model %r)", name)
@@ -497,6 +527,8 @@ class ModelManager:
                         self._follow_routes(name, state)
                     except Exception:
                         log.exception("unexpected error while updating the labels and canary of %r", name)
+            # Remember the watermark only when every model was read (else the next poll reads again).
+            self._seen_mark = mark if all_read else None
             self._last_poll = time.time()
             return {name: (m.version if (m := self._served.get(name)) else None) for name in self.models}
 
