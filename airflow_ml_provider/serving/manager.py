@@ -1,8 +1,10 @@
 """Model manager of the online service: loading, warm-up, atomic hot swap, version cache, polling.
 
 One :class:`ModelManager` serves the models named on ``--models``. A background thread polls the
-registry (:meth:`ModelRegistry.current`, which follows rollbacks) every ``poll_seconds``. When the
-record to serve changes, the manager
+registry every ``poll_seconds``: first its watermark (one ``MAX(id)``; any serving event raises it),
+then, when it moved, :meth:`ModelRegistry.serving_state` per model (the served version, following
+rollbacks and promotes, plus labels, canary and shadow: serving/routing.py). When the record to
+serve changes, the manager
 
 1. takes the version from its in-memory cache when it is there (a rollback to a recent version
    therefore takes effect within one poll, without any I/O), or else
