@@ -103,6 +103,7 @@ def test_scorer_bundle_publish_swap_rollback(framework, data, env, tmp_path):
 
     r1 = publish_model(reg, str(builds[0][0]), store, name, dag_id="d", run_id="r1")
     assert (r1.version, r1.framework) == (1, framework)
+    assert r1.spec_uri and r1.spec_uri.endswith("fitted_spec.json")
     app, manager = _serve(reg, name, tmp_path)
     try:
         assert manager.poll_once() == {name: 1}
@@ -180,6 +181,7 @@ def test_word2vec_bundle_publish_swap_rollback(embeddings, env, tmp_path):
     (b1, p1), (b2, p2) = embeddings
     r1 = publish_model(reg, str(b1), store, name, dag_id="d", run_id="r1")
     assert (r1.version, r1.framework) == (1, "word2vec")
+    assert r1.spec_uri is None  # the registry row names no fitted spec that does not exist
     assert load_bundle(b1).kind == "embedding" and load_bundle(b1).fitted_spec_path is None
     app, manager = _serve(reg, name, tmp_path)
     try:

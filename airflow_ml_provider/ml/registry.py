@@ -1164,7 +1164,8 @@ def publish_model(
                 bundle_uri=uri,
                 framework=loaded.framework,
                 metrics=loaded.metrics,
-                spec_uri=_bundle.spec_uri(uri),
+                # an embedding bundle has no fitted spec: no spec_uri rather than one naming nothing
+                spec_uri=_bundle.spec_uri(uri) if loaded.fitted_spec_path is not None else None,
                 checksum=loaded.checksum,
                 dag_id=dag_id,
                 run_id=run_id,
