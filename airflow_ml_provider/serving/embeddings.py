@@ -219,7 +219,7 @@ def _vector(value: Any, dim: int) -> np.ndarray:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise BadRequest(f'"vector"[{i}] must be a number, got a JSON {_json_type(v)}')
     q = np.asarray(value, dtype=np.float64)
-    if not np.isfinite(q).all() or not np.isfinite(q.astype(np.float32)).all():
+    if not np.isfinite(q).all() or (np.abs(q) > np.finfo(np.float32).max).any():
         raise BadRequest('"vector" holds a number beyond the float32 range')
     if not q.any():
         raise BadRequest('"vector" is all zeros: cosine similarity is undefined')
