@@ -110,6 +110,43 @@ def test_plugin_lists_the_published_version_and_the_service_serves_it(stack, fir
     assert all(0.0 <= float(p) <= 1.0 for p in body["predictions"]), body
 
 
+def test_a_browser_signed_in_sees_the_dags_and_both_ml_pages(stack, first_run, tmp_path):
+    """What `make airflow` promises a person at :8080: Airflow's login, the DAG list, and both ML
+    pages with data (no error text) on the embedded default. Screenshots go to tmp_path."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.fixtures import browser as B
+
+    url = stack.api_url
+    driver = B.chrome()
+    try:
+        wait = WebDriverWait(driver, 90)
+        driver.get(url + "/ml/models")
+        wait.until(lambda d: d.find_elements(By.NAME, "username"))  # Airflow's own login page
+        driver.find_element(By.NAME, "username").send_keys("admin")
+        driver.find_element(By.NAME, "password").send_keys(stack.password)
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#models tr[data-model="{MODEL}"]'))
+        row = driver.find_element(By.CSS_SELECTOR, f'#models tr[data-model="{MODEL}"]')
+        assert row.find_element(By.CLASS_NAME, "serving-version").text == "1"
+        assert '"detail"' not in driver.page_source
+        driver.save_screenshot(str(tmp_path / "live-ml-models.png"))
+
+        driver.get(url + "/ml/dictionary")
+        wait.until(lambda d: GATE_KEY in d.page_source)
+        assert '"detail"' not in driver.page_source
+        driver.save_screenshot(str(tmp_path / "live-ml-dictionary.png"))
+
+        driver.get(url + "/dags")  # Airflow's React UI lists the repository's DAGs
+        wait.until(lambda d: DAG_ID in d.find_element(By.TAG_NAME, "body").text)
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "item2vec" in body, body[:2000]
+        driver.save_screenshot(str(tmp_path / "live-dags.png"))
+    finally:
+        driver.quit()
+
+
 def test_run_with_sample_disabled_uses_the_latest_sample(stack, first_run):
     first_id, run = first_run
     assert run["state"] == "success"
