@@ -30,8 +30,9 @@ from typing import Any
 
 from airflow_ml_provider.cli import CLIError
 from airflow_ml_provider.cli.args import shown
+from airflow_ml_provider.ml.settings import OPTIONS
 
-ENV_REGISTRY = "AIRFLOW_ML_REGISTRY"
+_REGISTRY_OPTION, _REGISTRY_ENV = OPTIONS["registry"]  # the names ml/settings.py reads
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             metavar="URL_OR_CONN_ID",
             default=None,
             help="SQLAlchemy URL or Airflow connection id of the registry (default: Airflow config "
-            f"[ml] registry_conn, then ${ENV_REGISTRY}, then $AIRFLOW_ML_HOME/registry.db)",
+            f"[ml] {_REGISTRY_OPTION}, then ${_REGISTRY_ENV}, then $AIRFLOW_ML_HOME/registry.db)",
         )
 
     p_list = sub.add_parser("list", help="list published model versions")
