@@ -17,11 +17,8 @@ service on MariaDB).
 from __future__ import annotations
 
 import json
-import os
 import selectors
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,64 +26,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_serving_live import Server as _Server
 from tests.test_serving_support import MODEL, SPEC_YAML, make_frame, publish, row_dicts
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token"
+
+
+def Server(registry_url: str, workdir: Path, *extra: str) -> _Server:  # noqa: N802 - stands for the class
+    """The serving tests' `airflow-ml serve` starter, with this file's token and a 1-s poll."""
+    return _Server(registry_url, workdir, *extra, env={"AIRFLOW_ML_SERVE_TOKEN": TOKEN}, poll=1)
 HEADER_TIMEOUT = 1.5
 BODY_TIMEOUT = 2.0
 MARGIN = 4.0  # timer scheduling and process start-up on a shared, busy 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`airflow-ml serve` in a subprocess; stopped (by PID) in ``stop``."""
-
-    def __init__(self, registry_url: str, workdir: Path, *extra: str):
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"server-{self.port}.log"
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow_ml_provider.cli", "serve", "--registry", registry_url,
-             "--models", MODEL, "--port", str(self.port), "--poll-seconds", "1", *extra],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_ML_SERVE_TOKEN": TOKEN})
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited: {self.log()}"
-            try:
-                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready in {timeout} s: {self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 def build_early_stopped(workdir: Path):
@@ -123,13 +76,13 @@ def served(tmp_path_factory):
     server = Server(url, work, "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
                     "--max-connections", "200")
     try:
-        server.wait_ready()
+        server.wait_ready(90)
         yield server, record, result, fitted, valid_df
     finally:
         server.stop()
 
 
-def _post(server: Server, body: bytes, auth: str | None = f"Bearer {TOKEN}", timeout: float = 30):
+def _post(server: _Server, body: bytes, auth: str | None = f"Bearer {TOKEN}", timeout: float = 30):
     import httpx
 
     headers = {"content-type": "application/json"}
@@ -189,7 +142,7 @@ def _closed_within(sock: socket.socket, limit: float) -> tuple[float, bytes]:
     raise AssertionError(f"connection still open after {limit:.1f} s (received {data[:200]!r})")
 
 
-def _connect(server: Server) -> socket.socket:
+def _connect(server: _Server) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=5)
 
 
@@ -388,7 +341,7 @@ def test_connections_over_the_cap_are_refused(tmp_path, served):
     reg.publish(name=MODEL, version=1, bundle_uri=record.bundle_uri, framework="xgboost", checksum=record.checksum)
     server = Server(url, tmp_path, "--max-connections", "4", "--header-timeout", "60")
     try:
-        server.wait_ready()
+        server.wait_ready(90)
         held = [_connect(server) for _ in range(4)]
         time.sleep(0.3)  # the server has accepted them
         extra = _connect(server)

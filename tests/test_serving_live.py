@@ -36,14 +36,17 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, registry_url: str, workdir: Path, *extra: str, env: dict | None = None):
+    """`airflow-ml serve` in a subprocess (the serving tests' one starter); stopped, by PID, in ``stop``."""
+
+    def __init__(self, registry_url: str, workdir: Path, *extra: str, env: dict | None = None,
+                 poll: float = POLL):
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"server-{self.port}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "airflow_ml_provider.cli", "serve", "--registry", registry_url, "--models", MODEL,
-             "--port", str(self.port), "--poll-seconds", str(POLL), *extra],
+             "--port", str(self.port), "--poll-seconds", str(poll), *extra],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
