@@ -15,7 +15,6 @@ import uuid
 import pytest
 
 from tests.fixtures.live import DAG_ID, MODEL, live_stack
-from tests.fixtures.mariadb import MARIADB_HOST, MARIADB_PORT, _admin_connect
 from tests.fixtures.services import port_open, require_service
 
 pytestmark = [pytest.mark.live, pytest.mark.airflow, pytest.mark.mariadb, pytest.mark.slow]
@@ -60,26 +59,7 @@ def redis_db():
     client.close()
 
 
-@pytest.fixture(scope="module")
-def mariadb_db():
-    require_service(port_open(MARIADB_HOST, MARIADB_PORT), f"MariaDB not reachable on {MARIADB_HOST}:{MARIADB_PORT}")
-    name = "t_live_" + uuid.uuid4().hex[:10]
-    conn = _admin_connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    finally:
-        conn.close()
-    yield f"mysql+pymysql://root@{MARIADB_HOST}:{MARIADB_PORT}/{name}"
-    conn = _admin_connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    finally:
-        conn.close()
-
-
-def test_celery_worker_runs_the_pipeline(tmp_path_factory, postgres_db, redis_db, mariadb_db):
+def test_celery_worker_runs_the_pipeline(tmp_path_factory, postgres_db, redis_db, mariadb_url):
     import sqlalchemy as sa
 
     config = {
@@ -88,12 +68,12 @@ def test_celery_worker_runs_the_pipeline(tmp_path_factory, postgres_db, redis_db
             "result_backend": f"db+postgresql+psycopg2://{postgres_db}",
         },
         # the ML platform's registry in MariaDB ([ml] of airflow.cfg: every component reads it)
-        "ml": {"registry_conn": mariadb_db},
+        "ml": {"registry_conn": mariadb_url},
     }
     home = tmp_path_factory.mktemp("live_celery")
     with live_stack(home, executor="CeleryExecutor", parallelism=2, serve_port=None,
                     sql_alchemy_conn=f"postgresql+psycopg2://{postgres_db}", config=config,
-                    dictionary_url=mariadb_db, dictionary={f"ml.{MODEL}.min_auc": "0.55"}) as stack:
+                    dictionary_url=mariadb_url, dictionary={f"ml.{MODEL}.min_auc": "0.55"}) as stack:
         stack.unpause(DAG_ID)
         run_id = stack.trigger(DAG_ID)
         run = stack.wait_run(DAG_ID, run_id, timeout=600)
@@ -121,13 +101,13 @@ def test_celery_worker_runs_the_pipeline(tmp_path_factory, postgres_db, redis_db
     # the model and the gate Variable came from MariaDB
     from airflow_ml_provider.ml.registry import ModelRegistry
 
-    registry = ModelRegistry(mariadb_db)
+    registry = ModelRegistry(mariadb_url)
     try:
         record = registry.find_run(MODEL, DAG_ID, run_id)
     finally:
         registry.dispose()
     assert record is not None, f"run {run_id} published nothing to the MariaDB registry"
-    engine = sa.create_engine(mariadb_db)
+    engine = sa.create_engine(mariadb_url)
     try:
         with engine.connect() as conn:
             keys = [r[0] for r in conn.execute(sa.text("SELECT `key` FROM ml_dictionary")).all()]
