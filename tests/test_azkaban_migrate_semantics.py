@@ -32,30 +32,13 @@ import pytest
 
 from airflow_ml_provider.azkaban.mappers import BUILTIN_KEYS, local_ids
 from airflow_ml_provider.azkaban.migrate import MANIFEST, migrate
-from airflow_ml_provider.cli import main as cli_main
+from tests.test_azkaban_cli import run, write  # one project writer and one CLI runner for the Azkaban tests
 
 TOOL = """
 import json, os, sys
 with open(os.path.join(sys.argv[1], "records.jsonl"), "a") as fh:
     fh.write(json.dumps({"job_name": os.environ.get("JOB_NAME"), "args": sys.argv[2:]}) + "\\n")
 """
-
-
-def write(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    return root
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = cli_main(["azkaban", "migrate", *argv])
-    except SystemExit as exc:  # argparse usage errors
-        rc = exc.code
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.out + captured.err
-    return rc, captured.out, captured.err
 
 
 def records(folder: Path) -> list[dict]:
